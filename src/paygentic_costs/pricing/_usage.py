@@ -71,4 +71,5 @@ class Price:
     amount: Decimal
     currency: str
     rate_id: str
-    breakdown: Mapping[str, Decimal] = field(default=_EMPTY)
+    # A factory, not a default: dataclasses reject unhashable defaults such as mappingproxy.
+    breakdown: Mapping[str, Decimal] = field(default_factory=lambda: _EMPTY)
