@@ -1,0 +1,138 @@
+"""The process-wide runtime: settings, recorder, delivery pipeline, unpriced store. Built by ``configure()``.
+
+Nothing happens at import. The first recorded cost without a ``configure()`` call configures from the environment,
+so decorators and context managers are safe to use before (or without) ``configure()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._config import Settings, resolve_settings
+from ._guard import public_logger, report_internal_error
+from ._recorder import Recorder
+
+if TYPE_CHECKING:
+    from .export import DeliveryPipeline, Exporter
+    from .pricing import UnpricedStore
+
+__all__ = ["Runtime", "configure", "get_runtime", "reset"]
+
+
+@dataclass
+class Runtime:
+    """Everything ``configure()`` built, torn down together by ``shutdown()``."""
+
+    settings: Settings
+    pipeline: DeliveryPipeline
+    recorder: Recorder
+    unpriced: UnpricedStore
+
+    def flush(self, timeout: float) -> bool:
+        self._persist_unpriced()
+        return self.pipeline.flush(timeout)
+
+    def shutdown(self, timeout: float | None) -> None:
+        self._persist_unpriced()
+        self.pipeline.shutdown(self.settings.shutdown_timeout if timeout is None else timeout)
+
+    def _persist_unpriced(self) -> None:
+        try:
+            self.unpriced.persist()
+        except Exception as exc:
+            report_internal_error(exc, "unpriced.persist")
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = dict(self.pipeline.stats())
+        result.update(self.recorder.stats())
+        return result
+
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+
+
+def _build_exporter(settings: Settings) -> Exporter:
+    from .export import ConsoleExporter, PaygenticExporter
+
+    if settings.exporter is not None:
+        return settings.exporter
+    if settings.api_key:
+        return PaygenticExporter(settings.api_key.reveal(), base_url=settings.base_url,
+                                 max_in_flight=settings.max_in_flight)
+    public_logger.warning(
+        "paygentic_costs: no API key configured (PAYGENTIC_API_KEY), so cost events are printed to stderr instead "
+        "of sent. Pass configure(api_key=...) or set PAYGENTIC_API_KEY to send them to Paygentic."
+    )
+    if not logging.getLogger().handlers and not public_logger.handlers:
+        print(
+            "paygentic_costs: no API key configured (PAYGENTIC_API_KEY); printing cost events to stderr instead.",
+            file=sys.stderr,
+        )
+    return ConsoleExporter()
+
+
+def configure(**kwargs: Any) -> Runtime:
+    """Build (or rebuild) the runtime; the previous one is shut down first. See ``paygentic_costs.configure``."""
+    global _runtime
+    from .export import DeliveryPipeline
+    from .pricing import UnpricedStore
+
+    settings = resolve_settings(**kwargs)  # validate before touching the running pipeline
+    with _lock:
+        previous = _runtime
+        _runtime = None
+        if previous is not None:
+            previous.shutdown(previous.settings.shutdown_timeout)
+        exporter = _build_exporter(settings)
+        on_error: Callable[[str, str, str], None] | None = settings.on_error
+        pipeline = DeliveryPipeline(
+            exporter,
+            max_queue_size=settings.max_queue_size,
+            max_in_flight=settings.max_in_flight,
+            shutdown_timeout=settings.shutdown_timeout,
+            on_error=on_error,
+            dead_letter_path=settings.state_dir / "dead-letter.jsonl",
+        )
+        unpriced = UnpricedStore(settings.state_dir / "unpriced.jsonl")
+        recorder = Recorder(settings, pipeline.submit, unpriced.hold)
+        _runtime = Runtime(settings, pipeline, recorder, unpriced)
+        if settings.propagate:
+            from ._propagate import enable_propagation
+
+            enable_propagation()
+        return _runtime
+
+
+def get_runtime() -> Runtime:
+    """The current runtime, configuring from the environment on first use."""
+    runtime = _runtime
+    if runtime is not None:
+        return runtime
+    with _lock:
+        if _runtime is None:
+            return configure(
+                api_key=None, base_url=None, source=None, rates=None, exporter=None, max_queue_size=10_000,
+                max_in_flight=8, shutdown_timeout=5.0, spool_dir=None, durability="batch", strict=None,
+                propagate=None, state_dir=None, on_error=None,
+            )
+        return _runtime
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime if one was built (no side effects)."""
+    return _runtime
+
+
+def reset(timeout: float = 0.0) -> None:
+    """Shut down and forget the runtime (tests, and ``shutdown()``)."""
+    global _runtime
+    with _lock:
+        previous, _runtime = _runtime, None
+    if previous is not None:
+        previous.shutdown(timeout)

@@ -1,0 +1,378 @@
+"""The public API for writing integrations: an Instrumentor base, declarative patches, finalize-once stream proxies.
+
+The one rule: **integrations translate provider data; the core prices, attributes and emits.** An integration
+declares what to patch (:class:`Patch`), and in each wrapper opens a call, runs the SDK, and hands the provider's
+usage to :meth:`CallHandle.finish`. It never touches pricing, exporters or the queue.
+
+A minimal wrapper::
+
+    def _wrap_create(self, wrapped, instance, args, kwargs):
+        call = self.start_call("chat.completions", model=kwargs.get("model"))
+        if call is None:  # disabled, suppressed, or an outer layer already records this call
+            return wrapped(*args, **kwargs)
+        with call:  # marks the call active; an exception marks it failed and propagates untouched
+            response = wrapped(*args, **kwargs)
+        with guard("myprovider.extract"):
+            call.finish(usage_from(response), model=response.model, request_id=response.id)
+        return response
+
+Streams: return ``SyncStreamProxy(stream, on_chunk=..., on_end=...)`` (or ``AsyncStreamProxy``); ``on_end`` runs
+exactly once — on exhaustion, ``close()``, ``with`` exit, an error, or garbage collection of an abandoned stream.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+import wrapt
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from ._context import active_call, is_suppressed, suppressed
+from ._errors import IntegrationUnavailable
+from ._guard import guard, internal_logger, report_internal_error
+from ._recorder import CallHandle, check_event_type
+from .pricing import Usage
+
+__all__ = [
+    "AsyncStreamProxy",
+    "CallHandle",
+    "InstrumentationHandle",
+    "Instrumentor",
+    "Patch",
+    "SyncStreamProxy",
+    "Usage",
+    "guard",
+    "is_suppressed",
+    "suppressed",
+]
+
+_MARKER = "_paygentic_costs_patch"
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch: wrap ``module.target`` (``"Class.method"`` or ``"function"``) with a wrapt-style wrapper.
+
+    Attributes:
+        module: Import path of the module that defines the target.
+        target: Dotted attribute path inside the module.
+        wrapper: ``wrapper(wrapped, instance, args, kwargs)`` (the ``wrapt`` signature).
+        reason: Why this patch exists and what it records (shown in ``doctor`` and in debug logs).
+        optional: Skip silently when the target does not exist in this SDK version.
+    """
+
+    module: str
+    target: str
+    wrapper: Wrapper
+    reason: str
+    optional: bool = False
+
+
+@dataclass
+class _Applied:
+    owner: Any
+    attribute: str
+    original: Any
+    patched: Any
+
+
+class InstrumentationHandle:
+    """Returned by ``instrument()``: a context manager (reverts on exit) with ``revert()``."""
+
+    def __init__(self, instrumentor: Instrumentor) -> None:
+        self._instrumentor = instrumentor
+
+    def revert(self) -> None:
+        """Restore every original this instrumentor replaced."""
+        self._instrumentor.uninstrument()
+
+    def __enter__(self) -> InstrumentationHandle:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.revert()
+
+
+def _resolve(module: str, target: str) -> tuple[Any, str]:
+    owner: Any = importlib.import_module(module)
+    *path, attribute = target.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attribute
+
+
+class Instrumentor(ABC):
+    """Base class of every integration. Subclasses set the class attributes and implement :meth:`_patches`.
+
+    Attributes:
+        name: Stable id, used in ``pc.instrument("name")`` and as the entry-point name.
+        distribution: The provider SDK's distribution name on PyPI (checked before importing it).
+        supported: PEP 440 range of SDK versions this integration supports (``">=1.40,<4"``).
+        provider: genai-prices provider id written to ``data.provider`` (``openai``, ``anthropic``, ``aws``...).
+        default_event_type: The event type used unless ``instrument(event_type=...)`` overrides it.
+    """
+
+    name: ClassVar[str]
+    distribution: ClassVar[str]
+    supported: ClassVar[str]
+    provider: ClassVar[str]
+    default_event_type: ClassVar[str] = "cost.ai.inference"
+    install_hint: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        self.event_type = self.default_event_type
+        self.enabled = False
+        self._applied: list[_Applied] = []
+        self._lock = threading.Lock()
+
+    # -- availability -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this integration cannot be used here (SDK missing or out of range), or None when it can."""
+        hint = cls.install_hint or f"pip install 'paygentic-costs-{cls.name}'"
+        try:
+            installed = importlib.metadata.version(cls.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return f"the {cls.distribution} package is not installed (install it, then: {hint})"
+        try:
+            if Version(installed) not in SpecifierSet(cls.supported):
+                return f"{cls.distribution} {installed} is outside the supported range {cls.supported}"
+        except (InvalidVersion, InvalidSpecifier):
+            return f"cannot compare {cls.distribution} {installed} with {cls.supported}"
+        return None
+
+    # -- patching ---------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _patches(self) -> Iterable[Patch]:
+        """The patches to apply, in order."""
+
+    def instrument(self, *, event_type: str | None = None) -> InstrumentationHandle:
+        """Patch the SDK globally. Idempotent: a second call changes only the options.
+
+        Args:
+            event_type: The event type for this integration's costs (default ``cost.ai.inference``).
+
+        Returns:
+            A handle that reverts the patches (also usable as a context manager).
+
+        Raises:
+            IntegrationUnavailable: the SDK is missing or out of the supported range.
+        """
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise IntegrationUnavailable(f"cannot instrument {self.name!r}: {reason}")
+        with self._lock:
+            if event_type is not None:
+                self.event_type = check_event_type(event_type)
+            self.enabled = True
+            if self._applied:
+                return InstrumentationHandle(self)
+            for patch in self._patches():
+                self._apply(patch)
+        return InstrumentationHandle(self)
+
+    def _apply(self, patch: Patch) -> None:
+        try:
+            owner, attribute = _resolve(patch.module, patch.target)
+        except (ImportError, AttributeError):
+            if patch.optional:
+                return
+            raise
+        # Read the raw attribute from the class dict so static/class methods and descriptors are restored exactly.
+        original = owner.__dict__[attribute] if isinstance(owner, type) and attribute in owner.__dict__ else getattr(owner, attribute)
+        if getattr(original, _MARKER, False):
+            return  # already ours (e.g. a second instrumentor instance): never wrap twice
+        patched = wrapt.FunctionWrapper(original, patch.wrapper)
+        setattr(patched, _MARKER, True)
+        setattr(owner, attribute, patched)
+        self._applied.append(_Applied(owner, attribute, original, patched))
+        internal_logger.debug("patched %s.%s: %s", patch.module, patch.target, patch.reason)
+
+    def uninstrument(self) -> None:
+        """Restore every original, in reverse order. A no-op when nothing was patched."""
+        with self._lock:
+            self.enabled = False
+            while self._applied:
+                applied = self._applied.pop()
+                try:
+                    setattr(applied.owner, applied.attribute, applied.original)
+                except Exception as exc:
+                    report_internal_error(exc, f"{self.name}.uninstrument")
+
+    @property
+    def is_instrumented(self) -> bool:
+        """True while patches are applied."""
+        return bool(self._applied)
+
+    # -- calls ------------------------------------------------------------------------------------------------------
+
+    def start_call(self, operation: str, *, model: str | None = None) -> CallHandle | None:
+        """Open a billable call, or return None when this one must not be recorded.
+
+        None means: the integration is disabled, instrumentation is suppressed (our own export traffic), or an outer
+        layer is already recording this call (one event per operation, never two).
+        """
+        if not self.enabled or is_suppressed() or active_call() is not None:
+            return None
+        try:
+            from ._runtime import get_runtime
+
+            return get_runtime().recorder.start_call(
+                provider=self.provider, operation=operation, event_type=self.event_type, model=model
+            )
+        except Exception as exc:
+            report_internal_error(exc, f"{self.name}.start_call")
+            return None
+
+
+class _StreamFinalizer:
+    """Calls ``on_end`` exactly once, whatever ends the stream; hook errors are logged, never raised."""
+
+    def __init__(self, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]) -> None:
+        self.on_chunk = on_chunk
+        self.on_end = on_end
+        self.done = False
+        self.lock = threading.Lock()
+
+    def chunk(self, item: Any) -> None:
+        try:
+            self.on_chunk(item)
+        except Exception as exc:
+            report_internal_error(exc, "stream.on_chunk")
+
+    def end(self, error: BaseException | None) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        try:
+            self.on_end(error)
+        except Exception as exc:
+            report_internal_error(exc, "stream.on_end")
+
+
+class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Wraps a provider's sync stream: every item goes through ``on_chunk``; ``on_end`` runs exactly once.
+
+    The proxy is transparent (``isinstance`` and attribute access reach the original stream); iteration, ``close()``
+    and ``with`` are intercepted. Stream errors propagate unchanged after ``on_end(error)``.
+    """
+
+    def __init__(
+        self, stream: Any, *, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]
+    ) -> None:
+        super().__init__(stream)
+        self._self_final = _StreamFinalizer(on_chunk, on_end)
+        self._self_iter: Any = None
+
+    def __iter__(self) -> SyncStreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        if self._self_iter is None:
+            self._self_iter = iter(self.__wrapped__)
+        try:
+            item = next(self._self_iter)
+        except StopIteration:
+            self._self_final.end(None)
+            raise
+        except BaseException as exc:
+            self._self_final.end(exc)
+            raise
+        self._self_final.chunk(item)
+        return item
+
+    def __enter__(self) -> SyncStreamProxy:
+        enter = getattr(self.__wrapped__, "__enter__", None)
+        if enter is not None:
+            enter()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> Any:
+        try:
+            exit_ = getattr(self.__wrapped__, "__exit__", None)
+            return exit_(et, ev, tb) if exit_ is not None else None
+        finally:
+            self._self_final.end(ev)
+
+    def close(self) -> Any:
+        """Close the underlying stream, then finalize with whatever usage already arrived."""
+        try:
+            close = getattr(self.__wrapped__, "close", None)
+            return close() if close is not None else None
+        finally:
+            self._self_final.end(None)
+
+    def __del__(self) -> None:
+        # An abandoned stream (broken out of, never closed) is finalized when collected.
+        self._self_final.end(None)
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """The async twin of :class:`SyncStreamProxy` (``async for``, ``async with``, ``await close()``)."""
+
+    def __init__(
+        self, stream: Any, *, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]
+    ) -> None:
+        super().__init__(stream)
+        self._self_final = _StreamFinalizer(on_chunk, on_end)
+        self._self_iter: Any = None
+
+    def __aiter__(self) -> AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._self_iter is None:
+            self._self_iter = self.__wrapped__.__aiter__()
+        try:
+            item = await self._self_iter.__anext__()
+        except StopAsyncIteration:
+            self._self_final.end(None)
+            raise
+        except BaseException as exc:
+            self._self_final.end(exc)
+            raise
+        self._self_final.chunk(item)
+        return item
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        enter = getattr(self.__wrapped__, "__aenter__", None)
+        if enter is not None:
+            await enter()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> Any:
+        try:
+            exit_ = getattr(self.__wrapped__, "__aexit__", None)
+            return (await exit_(et, ev, tb)) if exit_ is not None else None
+        finally:
+            self._self_final.end(ev)
+
+    async def close(self) -> Any:
+        """Close the underlying stream, then finalize."""
+        try:
+            for name in ("close", "aclose"):
+                close = getattr(self.__wrapped__, name, None)
+                if close is not None:
+                    return await close()
+            return None
+        finally:
+            self._self_final.end(None)
+
+    async def aclose(self) -> Any:
+        """Alias of :meth:`close` for async-generator style callers."""
+        return await self.close()
+
+    def __del__(self) -> None:
+        self._self_final.end(None)
