@@ -126,7 +126,7 @@ def _sum(values: Iterable[Decimal]) -> Decimal:
 
 
 def cost_of(amount: Decimal, unit_cost: Decimal) -> Decimal:
-    """``amount × unitCost``, exact."""
+    """``amount * unitCost``, exact."""
     return _EXACT.multiply(amount, unit_cost)
 
 
@@ -173,7 +173,7 @@ def summarize(
             parts = _partition(rows, lambda r: tuple(r.dims.get(name, "") for name in group_by))
             for values in sorted(parts):
                 amount = quantity(aggregation, parts[values])
-                dimensions = dict(zip(group_by, values))
+                dimensions = dict(zip(group_by, values, strict=True))
                 groups.append({"dimensions": dimensions, "quantity": amount, "cost": cost_of(amount, metric.unit_cost)})
         out["groups"] = groups
     if window is not None:
@@ -183,7 +183,12 @@ def summarize(
             for start, end in sorted(parts):
                 amount = quantity(aggregation, parts[(start, end)])
                 series.append(
-                    {"windowStart": start, "windowEnd": end, "quantity": amount, "cost": cost_of(amount, metric.unit_cost)}
+                    {
+                        "windowStart": start,
+                        "windowEnd": end,
+                        "quantity": amount,
+                        "cost": cost_of(amount, metric.unit_cost),
+                    }
                 )
         out["timeSeries"] = series
     return out
@@ -259,19 +264,25 @@ def build_report(
                 groups[key] = ReportGroup(key=key, label=metric.name if by_cost else key, unit=unit)
             return groups[key]
 
+        def row_key(row: Row, metric: Metric = metric) -> str:
+            return key_of(metric, row)
+
+        def cell_key(row: Row, metric: Metric = metric) -> tuple[str, tuple[int, int]]:
+            return key_of(metric, row), window_start(window_size or "DAY", row.ts_us)
+
         if group_by == "cost":
             group(metric.id)  # every cost in scope is a group, empty or not
-        for key, rows in _partition(entry.rows, lambda r, m=metric: key_of(m, r)).items():
+        for key, rows in _partition(entry.rows, row_key).items():
             amount = quantity(aggregation, rows)
             target = group(key)
             target.total_quantity = _EXACT.add(target.total_quantity, amount)
             target.total_cost = _EXACT.add(target.total_cost, cost_of(amount, metric.unit_cost))
         if window_size is not None:
-            cells = _partition(entry.rows, lambda r, m=metric: (key_of(m, r), window_start(window_size, r.ts_us)))
+            cells = _partition(entry.rows, cell_key)
             for (key, bounds), rows in cells.items():
                 cell = per_window[bounds]
                 cell[key] = _EXACT.add(cell[key], cost_of(quantity(aggregation, rows), metric.unit_cost))
-        for key, rows in _partition(entry.prior_rows or (), lambda r, m=metric: key_of(m, r)).items():
+        for key, rows in _partition(entry.prior_rows or (), row_key).items():
             target = group(key)
             target.prior_cost = _EXACT.add(target.prior_cost, cost_of(quantity(aggregation, rows), metric.unit_cost))
 

@@ -40,7 +40,9 @@ _bearer = HTTPBearer(auto_error=False, description="Any token: each distinct tok
 def organisation(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The organisation of the request's bearer token (a stable hash: the token itself is never stored)."""
     if credentials is None or not credentials.credentials:
-        raise ApiProblem(401, "Missing or malformed Authorization header; expected 'Bearer <token>'", error="unauthorized")
+        raise ApiProblem(
+            401, "Missing or malformed Authorization header; expected 'Bearer <token>'", error="unauthorized"
+        )
     return "org_" + hashlib.sha256(credentials.credentials.encode("utf-8")).hexdigest()[:24]
 
 

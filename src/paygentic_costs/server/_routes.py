@@ -224,7 +224,11 @@ def build_router(store: Store, now_us: Callable[[], int]) -> APIRouter:
             if not set(filters) <= set(cost.group_by or {}):
                 continue  # the filter names a dimension this cost does not have: none of its events can match
             rows = _matched(store, org, cost, start, end, subject or None, filters)
-            prior = _matched(store, org, cost, start - span, start, subject or None, filters) if compare_prior_period else None
+            prior = (
+                _matched(store, org, cost, start - span, start, subject or None, filters)
+                if compare_prior_period
+                else None
+            )
             inputs.append(ReportInput(cost, rows, prior))
         result = build_report(
             inputs,
@@ -273,7 +277,9 @@ def build_router(store: Store, now_us: Callable[[], int]) -> APIRouter:
         }
         if result.total_cost.is_zero():
             extent = store.extent(org, sorted({c.event_type for c in in_scope if c.event_type}))
-            body["costRange"] = None if extent is None else {"from": format_time(extent[0]), "to": format_time(extent[1])}
+            body["costRange"] = (
+                None if extent is None else {"from": format_time(extent[0]), "to": format_time(extent[1])}
+            )
         return JSONBody(body)
 
     @router.get("/v0/costs/{id}", tags=["costs"])
@@ -347,7 +353,9 @@ def build_router(store: Store, now_us: Callable[[], int]) -> APIRouter:
             item = event_json(event, org)
             item.update(data=loads(event.data), receivedAt=format_time(event.received_us), deliveries=event.deliveries)
             data.append(item)
-        return JSONBody({"object": "list", "data": data, "pagination": {"limit": limit, "offset": offset, "total": total}})
+        return JSONBody(
+            {"object": "list", "data": data, "pagination": {"limit": limit, "offset": offset, "total": total}}
+        )
 
     return router
 

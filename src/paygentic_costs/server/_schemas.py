@@ -236,5 +236,3 @@ def pydantic_errors(errors: Any) -> list[dict[str, str]]:
         message = str(err.get("msg", "is invalid"))
         out.append({"field": ".".join(loc) or "body", "message": message.removeprefix("Value error, ")})
     return out
-
-

@@ -198,7 +198,7 @@ class Store:
                 deliveries=1,
             )
             self._conn.execute(
-                f"INSERT INTO events (org, customer, {_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO events (org, customer, {_EVENT_COLUMNS}) VALUES ({', '.join('?' * 14)})",
                 (org, subject or external_subject or "", *_event_values(record)),
             )
         return record, False
@@ -282,9 +282,7 @@ class Store:
             ).fetchone()
         return None if row is None else _cost(row)
 
-    def list_costs(
-        self, org: str, *, product_id: str | None, limit: int, offset: int
-    ) -> tuple[list[CostRecord], int]:
+    def list_costs(self, org: str, *, product_id: str | None, limit: int, offset: int) -> tuple[list[CostRecord], int]:
         """A page of active costs in creation order, and how many match."""
         where = "org = ? AND deleted_us IS NULL"
         params: list[Any] = [org]
