@@ -96,7 +96,7 @@ class _BaseClient(Generic[HttpClientT]):
         request: httpx.Request = self._http.build_request(
             call.method,
             self.base_url + call.path,
-            params=httpx.QueryParams(call.params),
+            params=tuple(call.params),
             content=call.body,
             headers=headers,
         )
