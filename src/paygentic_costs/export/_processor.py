@@ -1,0 +1,765 @@
+"""The delivery pipeline: a bounded memory queue, one lazily started worker thread, retries, pauses and flush.
+
+``submit()`` is the hot path: it stamps a sequence number, appends to a deque under a lock held for a few
+microseconds and returns. Everything else (sending, backoff, dead-lettering, ``on_error`` callbacks) happens on
+the worker thread ``paygentic_costs-export``, which hands batches to an :class:`~._base.Exporter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import ConfigurationError
+from .._events import CostEvent
+from .._guard import report_internal_error
+from ._base import Exporter, Outcome
+from ._dead_letter import DeadLetterBox, SetAside
+from ._log import LogThrottle, logger
+from ._store import Entry, MemoryStore, Store
+
+__all__ = ["DeliveryPipeline", "OnError"]
+
+OnError = Callable[[str, str, str], object]
+"""``on_error(event_key, reason, detail)``: called for every event that is dropped or set aside."""
+
+_IDLE_WAIT = 5.0  # the worker re-checks its state at least this often even when nothing wakes it
+_ADMIT_MAX = 4096  # events moved from the memory queue to the store per loop turn
+_AUTH_LOG_WINDOW = 300.0  # "log at ERROR once per 5 min" while the key is refused
+_CONFLICT_RETRIES = 3  # 409 is retried this many times, then set aside as `conflict`
+_CONGESTION_STATUSES = frozenset({429, 503})
+_MAX_IN_FLIGHT_LIMIT = 64
+
+_throttle = LogThrottle()
+_auth_throttle = LogThrottle(_AUTH_LOG_WINDOW)
+
+# Every live pipeline, for the fork hooks. One set of hooks for the whole process: `os.register_at_fork` cannot
+# unregister, so per-instance hooks would pile up when pipelines come and go.
+_live: weakref.WeakSet[DeliveryPipeline] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for pipeline in list(_live):
+        pipeline._fork_prepare()
+
+
+def _after_fork_in_parent() -> None:
+    for pipeline in list(_live):
+        pipeline._fork_release()
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_live):
+        pipeline._fork_reinit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
+
+
+def _shutdown_at_exit(ref: weakref.ref[DeliveryPipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None:
+        pipeline.shutdown()
+
+
+class DeliveryPipeline:
+    """Queue cost events and deliver them through an exporter, in the background, without ever raising.
+
+    Args:
+        exporter: where events go (e.g. :class:`~paygentic_costs.export.PaygenticExporter`).
+        max_queue_size: events held in memory (queued, in flight or waiting for a retry). When full, new events
+            are dropped and counted ``dropped["queue_full"]``.
+        max_in_flight: the concurrency ceiling; the adaptive limit starts here, halves on 429/503/``Retry-After``
+            and grows back by one after 20 consecutive acknowledgements.
+        shutdown_timeout: the default drain budget of :meth:`shutdown` (and so of interpreter exit).
+        clock: wall clock in epoch seconds; it stamps each event's ``recorded_at`` and drives the dedup horizon.
+        on_error: ``on_error(event_key, reason, detail)``, called off the hot path for every dropped or set-aside
+            event. Its exceptions are logged and swallowed.
+        dead_letter_path: a JSONL file that receives every set-aside event with the reason; ``None`` keeps only
+            an in-memory list (:attr:`dead_letters`).
+        store: a factory for the :class:`~._store.Store` between the queue and the sender (default: memory).
+            Called again in a forked child.
+        export_timeout: the budget of one ``export()`` call.
+        max_batch_size: events handed to the exporter at once (further capped at 4x the concurrency limit).
+        backoff_base: full-jitter backoff ``U(0, min(backoff_cap, backoff_base * 2**attempt))``.
+        backoff_cap: see ``backoff_base``.
+        backoff_floor: the minimum delay before a retry.
+        retry_after_cap: the longest ``Retry-After`` honoured.
+        auth_probe_interval: while the API key is refused, one event is tried this often.
+        retry_horizon: seconds after ``recorded_at`` past which an event is never sent again (the server's 24 h
+            dedup window minus a margin); it is set aside as ``dedup_window_expired``.
+        breaker_threshold: consecutive failed sends after which only one probe is sent per backoff interval.
+
+    Raises:
+        ConfigurationError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        max_queue_size: int = 10_000,
+        max_in_flight: int = 8,
+        shutdown_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_error: OnError | None = None,
+        dead_letter_path: str | os.PathLike[str] | None = None,
+        store: Callable[[], Store] = MemoryStore,
+        export_timeout: float = 10.0,
+        max_batch_size: int = 64,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        backoff_floor: float = 0.1,
+        retry_after_cap: float = 300.0,
+        auth_probe_interval: float = 60.0,
+        retry_horizon: float = 23 * 3600.0,
+        breaker_threshold: int = 5,
+    ) -> None:
+        if max_queue_size < 1:
+            raise ConfigurationError(f"max_queue_size must be at least 1, got {max_queue_size}")
+        if not 1 <= max_in_flight <= _MAX_IN_FLIGHT_LIMIT:
+            raise ConfigurationError(f"max_in_flight must be between 1 and {_MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}")
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        for name, value in (
+            ("shutdown_timeout", shutdown_timeout),
+            ("export_timeout", export_timeout),
+            ("backoff_base", backoff_base),
+            ("backoff_cap", backoff_cap),
+            ("backoff_floor", backoff_floor),
+            ("retry_after_cap", retry_after_cap),
+            ("auth_probe_interval", auth_probe_interval),
+            ("retry_horizon", retry_horizon),
+        ):
+            if not value >= 0:  # also rejects NaN
+                raise ConfigurationError(f"{name} must be a non-negative number, got {value!r}")
+        self._exporter = exporter
+        self._max_queue_size = max_queue_size
+        self._max_in_flight = max_in_flight
+        self._shutdown_timeout = shutdown_timeout
+        self._clock = clock
+        self._on_error = on_error
+        self._dead = DeadLetterBox(dead_letter_path)
+        self._store_factory = store
+        self._export_timeout = export_timeout
+        self._max_batch_size = max_batch_size
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._backoff_floor = backoff_floor
+        self._retry_after_cap = retry_after_cap
+        self._auth_probe_interval = auth_probe_interval
+        self._retry_horizon = retry_horizon
+        self._breaker_threshold = max(1, breaker_threshold)
+        self._closed = False
+        self._atexit_hook: Callable[[], None] | None = None
+        self._init_state()
+        _live.add(self)
+
+    def _init_state(self) -> None:
+        """Everything that a forked child must not share with its parent."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
+        self._wake = threading.Event()
+        self._fork_locked = False
+        self._incoming: deque[Entry] = deque()  # the hot path's queue
+        self._store: Store = self._store_factory()
+        # seq -> recorded_at of every accepted event that has left `_incoming` and is not finished: in insertion
+        # (= seq) order, so the oldest outstanding event is always the first key.
+        self._outstanding: OrderedDict[int, float] = OrderedDict()
+        self._notices: deque[tuple[str, str, str]] = deque(maxlen=max(1024, self._max_queue_size))
+        self._seq = 0
+        self._recorded = 0
+        self._acked = 0
+        self._pending = 0  # in memory: queued, in flight or waiting for a retry
+        self._spooled = 0  # held by a durable store
+        self._set_aside = 0
+        self._set_aside_reasons: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._requests = {"2xx": 0, "4xx": 0, "5xx": 0, "network": 0}
+        self._retried = 0
+        self._lost_min_seq: int | None = None  # the oldest event dropped after being accepted (shutdown)
+        self._concurrency = self._max_in_flight
+        self._exporter_concurrency = 0
+        self._consecutive_acks = 0
+        self._consecutive_failures = 0
+        self._pause_until = 0.0  # monotonic; Retry-After / 429 / 503 / circuit breaker
+        self._auth_until = 0.0  # monotonic; next auth probe
+        self._auth_paused = False
+        self._batch_in_flight = 0
+        self._worker: threading.Thread | None = None
+        self._deadline: float | None = None  # monotonic; set by shutdown()
+        self._abandoned = False  # shutdown has counted what was left; the worker must not touch counters
+        self._idle = False
+
+    # ------------------------------------------------------------------ hot path
+
+    def submit(self, event: CostEvent) -> bool:
+        """Queue ``event`` for delivery. O(1), no I/O, never raises.
+
+        Returns:
+            True when the event was accepted; False when it was dropped (queue full, pipeline shut down).
+        """
+        try:
+            if self._pid != os.getpid():  # forked by a path that skipped the fork hooks
+                self._fork_reinit()
+            entry = Entry(0, event, self._clock())
+            with self._lock:
+                self._recorded += 1
+                if self._closed:
+                    reason = "shutdown"
+                elif self._pending >= self._max_queue_size:
+                    reason = "queue_full"
+                else:
+                    self._seq += 1
+                    entry.seq = self._seq
+                    self._pending += 1
+                    self._incoming.append(entry)
+                    started = self._worker is not None
+                    idle = self._idle
+                    reason = ""
+                if reason:
+                    self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            if not reason:
+                if not started:
+                    self._start_worker()
+                elif idle:
+                    self._wake.set()
+                return True
+            self._report_drop(event.idempotency_key, reason)
+            return False
+        except Exception as exc:
+            report_internal_error(exc, "export.submit")
+            return False
+
+    def _report_drop(self, key: str, reason: str) -> None:
+        if self._on_error is None:
+            return
+        if reason == "queue_full":
+            detail = f"the delivery queue is full ({self._max_queue_size} events); the event was dropped"
+        else:
+            detail = "the pipeline is shut down; the event was dropped"
+        if self._worker is not None and self._worker.is_alive() and not self._closed:
+            self._notices.append((key, reason, detail))  # the worker calls on_error, off the hot path
+            if self._idle:
+                self._wake.set()
+        else:
+            self._notify(key, reason, detail)
+
+    # ------------------------------------------------------------------ worker lifecycle
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is not None or self._closed:
+                return
+            worker = threading.Thread(target=self._run, name="paygentic_costs-export", daemon=True)
+            self._worker = worker  # set before start(): a failed start is not retried on every submit
+        if self._atexit_hook is None:
+            self._atexit_hook = functools.partial(_shutdown_at_exit, weakref.ref(self))
+            atexit.register(self._atexit_hook)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
+            _throttle.log(
+                logger, logging.WARNING, "worker-start",
+                "cannot start the delivery thread (%s); events are delivered by flush() and shutdown()", exc,
+            )
+
+    def _run(self) -> None:
+        with self._drive_lock:
+            try:
+                self._drive()
+            except BaseException as exc:  # the interpreter is going away; nothing sensible is left to do
+                report_internal_error(exc, "export.worker")
+
+    def _worker_alive(self) -> bool:
+        worker = self._worker
+        return worker is not None and worker.is_alive()
+
+    # ------------------------------------------------------------------ the delivery loop
+
+    def _drive(self, done: Callable[[], bool] | None = None, until: float | None = None) -> None:
+        """Move events through the store until shutdown (worker), or until ``done()`` or ``until`` (inline)."""
+        while True:
+            try:
+                self._deliver_notices()
+                now = time.monotonic()
+                with self._lock:
+                    if self._abandoned or self._pid != os.getpid():
+                        return
+                    stopping = self._deadline
+                    if stopping is not None and (self._pending + self._spooled == 0 or now >= stopping):
+                        return
+                    if until is not None and (now >= until or (done is not None and done())):
+                        return
+                    admitted = self._admit_locked()
+                if admitted:
+                    self._admit(admitted)
+                wait = self._step(now, stopping)
+                if wait > 0:
+                    limit = min(wait, _IDLE_WAIT)
+                    if stopping is not None:
+                        limit = min(limit, stopping - now)
+                    if until is not None:
+                        limit = min(limit, until - now)
+                    self._idle = True
+                    if not self._incoming and not self._notices:
+                        self._wake.wait(max(limit, 0.0))
+                    self._idle = False
+                    self._wake.clear()
+            except Exception as exc:
+                report_internal_error(exc, "export.loop")
+                self._wake.wait(max(self._backoff_floor, 0.01))  # no hot loop on a persistent fault
+
+    def _admit_locked(self) -> list[Entry]:
+        incoming = self._incoming
+        count = min(len(incoming), _ADMIT_MAX)
+        if not count:
+            return []
+        entries = [incoming.popleft() for _ in range(count)]
+        outstanding = self._outstanding
+        for entry in entries:
+            outstanding[entry.seq] = entry.recorded_at
+        return entries
+
+    def _admit(self, entries: list[Entry]) -> None:
+        self._store.put(entries)
+        if self._store.durable:
+            with self._lock:
+                if not self._abandoned:
+                    self._pending -= len(entries)
+                    self._spooled += len(entries)
+
+    def _step(self, now: float, stopping: float | None) -> float:
+        """Send one batch of due events; return 0 after doing work, else how long to wait."""
+        with self._lock:
+            paused_until = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
+            probing = self._auth_paused or self._consecutive_failures >= self._breaker_threshold
+            concurrency = self._concurrency
+        if now < paused_until:
+            return paused_until - now
+        limit = 1 if probing else min(self._max_batch_size, concurrency * 4)
+        batch = self._store.take_due(now, limit)
+        if not batch:
+            next_due = self._store.next_due()
+            return _IDLE_WAIT if next_due is None else max(next_due - now, 0.001)
+        wall = self._clock()
+        horizon = self._retry_horizon
+        expired = [entry for entry in batch if wall >= entry.recorded_at + horizon]
+        if expired:
+            batch = [entry for entry in batch if wall < entry.recorded_at + horizon]
+            self._finish(
+                now, acked=[], retry=[], rejected=[(entry, "dedup_window_expired", None) for entry in expired]
+            )
+            if not batch:
+                return 0.0
+        timeout = self._export_timeout
+        if stopping is not None:
+            timeout = max(0.001, min(timeout, stopping - now))
+        if concurrency != self._exporter_concurrency:
+            self._exporter_concurrency = concurrency
+            set_concurrency = getattr(self._exporter, "set_concurrency", None)
+            if set_concurrency is not None:
+                set_concurrency(concurrency)
+        self._batch_in_flight = len(batch)
+        try:
+            outcomes = list(self._exporter.export([entry.event for entry in batch], timeout))
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"the exporter returned {len(outcomes)} outcomes for {len(batch)} events")
+        except Exception as exc:
+            report_internal_error(exc, f"export.{type(self._exporter).__name__}.export")
+            outcomes = [Outcome("retry", reason="exporter_error")] * len(batch)
+        finally:
+            self._batch_in_flight = 0
+        self._apply(batch, outcomes)
+        return 0.0
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt, 64))
+        return max(self._backoff_floor, random.uniform(0.0, ceiling))
+
+    def _apply(self, batch: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        now = time.monotonic()
+        acked: list[Entry] = []
+        retry: list[Entry] = []
+        rejected: list[tuple[Entry, str, int | None]] = []
+        requests = {"2xx": 0, "4xx": 0, "5xx": 0, "network": 0}
+        congestion = auth = False
+        pause_for = 0.0
+        failures = 0
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            status = outcome.status
+            if status is not None:
+                bucket = f"{status // 100}xx"
+                if bucket in requests:
+                    requests[bucket] += 1
+            kind = outcome.kind
+            if kind == "ack":
+                acked.append(entry)
+            elif kind == "reject":
+                reason = outcome.reason or (f"HTTP {status}" if status is not None else "rejected")
+                rejected.append((entry, reason, status))
+            elif kind == "auth":
+                auth = True
+                entry.next_at = now  # kept, not counted as an attempt: the key is wrong, not the event
+                retry.append(entry)
+            elif outcome.reason == "not_sent":
+                entry.next_at = now
+                retry.append(entry)
+            else:
+                if status is None and outcome.reason != "exporter_error":
+                    requests["network"] += 1
+                if status == 409:
+                    entry.conflicts += 1
+                    if entry.conflicts > _CONFLICT_RETRIES:
+                        rejected.append((entry, "conflict", status))
+                        continue
+                entry.attempts += 1
+                failures += 1
+                delay = self._backoff(entry.attempts)
+                if outcome.retry_after is not None:
+                    honoured = min(max(outcome.retry_after, 0.0), self._retry_after_cap)
+                    delay = max(delay, honoured)
+                    pause_for = max(pause_for, honoured)
+                    congestion = True
+                elif status in _CONGESTION_STATUSES:
+                    pause_for = max(pause_for, delay)
+                    congestion = True
+                entry.next_at = now + delay
+                retry.append(entry)
+        self._finish(
+            now, acked=acked, retry=retry, rejected=rejected, requests=requests, failures=failures,
+            congestion=congestion, pause_for=pause_for, auth=auth,
+        )
+
+    def _finish(
+        self,
+        now: float,
+        *,
+        acked: list[Entry],
+        retry: list[Entry],
+        rejected: list[tuple[Entry, str, int | None]],
+        requests: dict[str, int] | None = None,
+        failures: int = 0,
+        congestion: bool = False,
+        pause_for: float = 0.0,
+        auth: bool = False,
+    ) -> None:
+        """Hand the results to the store, then update counters and flow control in one locked step."""
+        store = self._store
+        if acked:
+            store.ack(acked)
+        if retry:
+            store.retry(retry)
+        wall = self._clock() if rejected else 0.0
+        for entry, reason, status in rejected:
+            store.set_aside([entry], reason)
+            self._dead.add(SetAside(entry.event, reason, status, entry.attempts, wall))
+        durable = store.durable
+        with self._cond:
+            if self._abandoned:
+                return
+            outstanding = self._outstanding
+            for entry in acked:
+                outstanding.pop(entry.seq, None)
+            for entry, reason, _ in rejected:
+                outstanding.pop(entry.seq, None)
+                self._set_aside_reasons[reason] = self._set_aside_reasons.get(reason, 0) + 1
+            finished = len(acked) + len(rejected)
+            if durable:
+                self._spooled -= finished
+            else:
+                self._pending -= finished
+            self._acked += len(acked)
+            self._set_aside += len(rejected)
+            self._retried += failures
+            if requests:
+                for bucket, count in requests.items():
+                    self._requests[bucket] += count
+            # AIMD on the concurrency limit.
+            if congestion:
+                self._concurrency = max(1, self._concurrency // 2)
+                self._consecutive_acks = 0
+            elif failures:
+                self._consecutive_acks = 0
+            else:
+                self._consecutive_acks += len(acked)
+                while self._consecutive_acks >= 20 and self._concurrency < self._max_in_flight:
+                    self._concurrency += 1
+                    self._consecutive_acks -= 20
+            # Circuit breaker: after repeated failures, one probe per backoff interval.
+            if acked:
+                self._consecutive_failures = 0
+            else:
+                self._consecutive_failures += failures
+                if failures and self._consecutive_failures >= self._breaker_threshold:
+                    excess = self._consecutive_failures - self._breaker_threshold + 1
+                    interval = min(self._backoff_cap, self._backoff_base * 2.0 ** min(excess, 64))
+                    pause_for = max(pause_for, self._backoff_floor, interval / 2 + random.uniform(0, interval / 2))
+            if pause_for > 0:
+                self._pause_until = max(self._pause_until, now + pause_for)
+            was_auth_paused = self._auth_paused
+            if acked:
+                self._auth_paused = False
+            elif auth:
+                self._auth_paused = True
+                self._auth_until = now + self._auth_probe_interval
+            self._cond.notify_all()
+        if auth and not acked:
+            _auth_throttle.log(
+                logger, logging.ERROR, "auth",
+                "Paygentic refused the API key (HTTP 401/403); delivery is paused, events are kept and retried "
+                "every %.0f s",
+                self._auth_probe_interval,
+            )
+        elif was_auth_paused and acked:
+            logger.warning("Paygentic accepted the API key again; delivery resumed")
+        for entry, reason, status in rejected:
+            _throttle.log(
+                logger, logging.WARNING, f"set-aside-{reason}",
+                "event %s set aside (%s): it will not be sent again", entry.event.idempotency_key, reason,
+            )
+            detail = reason if status is None else f"HTTP {status}: {reason}"
+            self._notify(entry.event.idempotency_key, reason, detail)
+
+    def _deliver_notices(self) -> None:
+        notices = self._notices
+        while notices:
+            try:
+                key, reason, detail = notices.popleft()
+            except IndexError:
+                return
+            self._notify(key, reason, detail)
+
+    def _notify(self, key: str, reason: str, detail: str) -> None:
+        callback = self._on_error
+        if callback is None:
+            return
+        try:
+            callback(key, reason, detail)
+        except Exception as exc:
+            report_internal_error(exc, "export.on_error")
+
+    # ------------------------------------------------------------------ flush and shutdown
+
+    def _done_locked(self, target: int) -> bool:
+        incoming = self._incoming
+        if incoming and incoming[0].seq <= target:
+            return False
+        return not (self._outstanding and next(iter(self._outstanding)) <= target)
+
+    def _succeeded_locked(self, target: int) -> bool:
+        return self._lost_min_seq is None or self._lost_min_seq > target
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event submitted before this call is acknowledged or set aside.
+
+        Never raises. Safe from any thread, including one running an asyncio loop (it only waits on a condition;
+        prefer :meth:`aflush` there, which does not block the loop).
+
+        Returns:
+            True if that happened within ``timeout`` seconds.
+        """
+        try:
+            self._check_pid()
+            deadline = time.monotonic() + max(0.0, timeout)
+            with self._lock:
+                target = self._seq
+                if self._done_locked(target):
+                    return self._succeeded_locked(target)
+            if _running_loop():
+                _throttle.log(
+                    logger, logging.WARNING, "flush-in-loop",
+                    "flush() called from a running event loop blocks it; use `await pipeline.aflush()`",
+                )
+            if self._worker is None:
+                self._start_worker()
+            if self._worker_alive():
+                self._wake.set()
+            else:
+                self._drive_inline(lambda: self._done_locked(target), deadline)
+            with self._cond:
+                while not self._done_locked(target):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return self._succeeded_locked(target)
+        except Exception as exc:
+            report_internal_error(exc, "export.flush")
+            return False
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """:meth:`flush` without blocking the running event loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def _drive_inline(self, done: Callable[[], bool] | None, until: float) -> None:
+        """Deliver on the calling thread (no worker thread: it could not start, or the interpreter is exiting)."""
+        remaining = until - time.monotonic()
+        if remaining > 0 and self._drive_lock.acquire(timeout=remaining):
+            try:
+                self._drive(done, until)
+            finally:
+                self._drive_lock.release()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting events, deliver what is queued within ``timeout`` (default: ``shutdown_timeout``),
+        count the rest as ``dropped["shutdown_timeout"]`` and close the exporter. Idempotent; never raises.
+
+        Starts no thread: when the worker is not running (at interpreter exit), it delivers on the calling thread.
+        """
+        try:
+            self._check_pid()
+            budget = self._shutdown_timeout if timeout is None else max(0.0, timeout)
+            with self._lock:
+                if self._closed and self._deadline is not None:
+                    return
+                self._closed = True
+                deadline = self._deadline = time.monotonic() + budget
+                pending = self._pending + self._spooled
+            self._wake.set()
+            worker = self._worker
+            if worker is not None and worker.is_alive():
+                worker.join(max(0.0, deadline - time.monotonic()))
+            elif pending:
+                self._drive_inline(None, deadline)
+            self._abandon_rest()
+            try:
+                self._exporter.shutdown()
+            except Exception as exc:
+                report_internal_error(exc, f"export.{type(self._exporter).__name__}.shutdown")
+            if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+                worker.join(0.5)  # the exporter has cut its export short; let the thread finish
+            if self._atexit_hook is not None:
+                atexit.unregister(self._atexit_hook)
+            _live.discard(self)
+        except Exception as exc:
+            report_internal_error(exc, "export.shutdown")
+
+    def _abandon_rest(self) -> None:
+        with self._cond:
+            left = self._pending
+            if left:
+                firsts = [self._incoming[0].seq] if self._incoming else []
+                if self._outstanding:
+                    firsts.append(next(iter(self._outstanding)))
+                self._lost_min_seq = min(firsts) if firsts else self._seq
+                self._dropped["shutdown_timeout"] = self._dropped.get("shutdown_timeout", 0) + left
+                self._pending = 0
+                self._incoming.clear()
+                if not self._store.durable:
+                    self._outstanding.clear()
+            self._abandoned = True
+            self._cond.notify_all()
+        if left:
+            logger.warning("shutdown: %d undelivered event(s) dropped after the shutdown timeout", left)
+
+    # ------------------------------------------------------------------ fork
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._fork_reinit()
+
+    def _fork_prepare(self) -> None:
+        # No submit, flush or shutdown bookkeeping may straddle the fork.
+        if self._pid == os.getpid():
+            self._lock.acquire()
+            self._fork_locked = True
+
+    def _fork_release(self) -> None:
+        if self._fork_locked:
+            self._fork_locked = False
+            self._lock.release()
+
+    def _fork_reinit(self) -> None:
+        """In a forked child: fresh locks and an empty queue (the parent still owns and sends its events),
+        counters from zero, the worker "not started", and the exporter's inherited connections forgotten."""
+        self._init_state()
+        hook = getattr(self._exporter, "after_fork_in_child", None)
+        if hook is not None:
+            try:
+                hook()
+            except Exception as exc:
+                report_internal_error(exc, "export.after_fork_in_child")
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> dict[str, Any]:
+        """A consistent snapshot of delivery accounting.
+
+        ``recorded == acknowledged + queued + spooled + set_aside + sum(dropped.values())`` always holds.
+        Gauges: ``in_flight``, ``concurrency_limit``, ``paused_until`` (epoch seconds by the pipeline clock, or
+        None), ``oldest_pending_age_s``, ``circuit_state``; and ``requests`` (by status class, ``network`` for
+        connection failures), ``retried``, ``set_aside_reasons``.
+        """
+        self._check_pid()
+        wall = self._clock()
+        now = time.monotonic()
+        exporter_in_flight = getattr(self._exporter, "in_flight", None)
+        with self._lock:
+            oldest: float | None = None
+            if self._outstanding:
+                oldest = next(iter(self._outstanding.values()))
+            if self._incoming and (oldest is None or self._incoming[0].recorded_at < oldest):
+                oldest = self._incoming[0].recorded_at
+            paused = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
+            if self._auth_paused:
+                circuit = "auth_paused"
+            elif self._consecutive_failures >= self._breaker_threshold:
+                circuit = "open"
+            else:
+                circuit = "closed"
+            batch = self._batch_in_flight
+            return {
+                "recorded": self._recorded,
+                "acknowledged": self._acked,
+                "queued": self._pending,
+                "spooled": self._spooled,
+                "set_aside": self._set_aside,
+                "dropped": dict(self._dropped),
+                "in_flight": min(batch, exporter_in_flight) if isinstance(exporter_in_flight, int) else batch,
+                "concurrency_limit": self._concurrency,
+                "paused_until": wall + (paused - now) if paused > now else None,
+                "oldest_pending_age_s": max(0.0, wall - oldest) if oldest is not None else 0.0,
+                "circuit_state": circuit,
+                "requests": dict(self._requests),
+                "retried": self._retried,
+                "set_aside_reasons": dict(self._set_aside_reasons),
+            }
+
+    @property
+    def dead_letters(self) -> list[SetAside]:
+        """The most recent events set aside (rejected by the server or past the dedup horizon), oldest first."""
+        return self._dead.items()
+
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter events are handed to."""
+        return self._exporter
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` has been called."""
+        return self._closed
+
+
+def _running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
