@@ -1,0 +1,160 @@
+"""Pure translation of OpenAI usage objects into :class:`paygentic_costs.Usage` (no I/O, no patching, no state).
+
+The normal form (OpenTelemetry GenAI, as the core prices it): ``input_tokens`` is ALL input, with
+``cache_read_tokens`` / ``cache_write_tokens`` / ``input_audio_tokens`` as parts of it; ``output_tokens`` is ALL
+output, with ``reasoning_tokens`` / ``output_audio_tokens`` as parts of it. OpenAI already reports totals that way
+(``prompt_tokens`` includes ``cached_tokens``, ``completion_tokens`` includes ``reasoning_tokens``), so the
+translation is a renaming — no arithmetic that could double count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openai.types import CompletionUsage, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseUsage
+
+from paygentic_costs.instrumentation import Usage
+
+__all__ = [
+    "Reported",
+    "chat_usage",
+    "chunk_is_usage_only",
+    "embeddings_usage",
+    "reported_from_result",
+    "responses_usage",
+]
+
+
+def _positive(value: Any) -> int | None:
+    # Detail fields are Optional and often 0; a 0 bucket carries no information, so it is left out of the event
+    # rather than sent as ``cache_read_tokens: 0``. Non-int values (a proxy returning floats) are dropped, not guessed.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _count(value: Any) -> int | None:
+    # Totals are required ints in the SDK types, but ``construct()`` (non-strict parsing) accepts any JSON; keep an
+    # honest 0 for totals and refuse anything that is not a non-negative int.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def chat_usage(usage: CompletionUsage | None) -> Usage | None:
+    """Normalise a chat-completions ``CompletionUsage`` (also the usage chunk of a stream).
+
+    Args:
+        usage: ``ChatCompletion.usage`` or the final ``ChatCompletionChunk.usage``; None when absent.
+
+    Returns:
+        The normalised usage, or None when the provider reported none.
+    """
+    if usage is None:
+        return None
+    prompt = usage.prompt_tokens_details
+    completion = usage.completion_tokens_details
+    return Usage(
+        input_tokens=_count(usage.prompt_tokens),
+        output_tokens=_count(usage.completion_tokens),
+        cache_read_tokens=_positive(prompt.cached_tokens) if prompt is not None else None,
+        # ``cache_write_tokens`` appeared in late 2.x SDKs; getattr keeps older versions (field absent) working.
+        cache_write_tokens=_positive(getattr(prompt, "cache_write_tokens", None)) if prompt is not None else None,
+        input_audio_tokens=_positive(prompt.audio_tokens) if prompt is not None else None,
+        reasoning_tokens=_positive(completion.reasoning_tokens) if completion is not None else None,
+        output_audio_tokens=_positive(completion.audio_tokens) if completion is not None else None,
+    )
+
+
+def responses_usage(usage: ResponseUsage | None) -> Usage | None:
+    """Normalise a Responses-API ``ResponseUsage`` (non-streaming, or from ``response.completed``).
+
+    Args:
+        usage: ``Response.usage``; None for queued/in-progress background responses.
+
+    Returns:
+        The normalised usage, or None when the provider reported none.
+    """
+    if usage is None:
+        return None
+    # The details objects are typed as required, but non-strict parsing leaves them unset when a server omits
+    # them (OpenAI-compatible hosts do); read them defensively.
+    inp = getattr(usage, "input_tokens_details", None)
+    out = getattr(usage, "output_tokens_details", None)
+    return Usage(
+        input_tokens=_count(usage.input_tokens),
+        output_tokens=_count(usage.output_tokens),
+        cache_read_tokens=_positive(getattr(inp, "cached_tokens", None)),
+        # Newer field (typed required since 3.x, absent on older servers and SDKs): None when missing.
+        cache_write_tokens=_positive(getattr(inp, "cache_write_tokens", None)),
+        reasoning_tokens=_positive(getattr(out, "reasoning_tokens", None)),
+    )
+
+
+def embeddings_usage(response: CreateEmbeddingResponse) -> Usage | None:
+    """Normalise an embeddings response's usage (input tokens only).
+
+    Args:
+        response: The parsed ``CreateEmbeddingResponse``.
+
+    Returns:
+        The normalised usage, or None when the provider reported none.
+    """
+    usage = getattr(response, "usage", None)  # required in the type, but compatible hosts omit it
+    if usage is None:
+        return None
+    return Usage(input_tokens=_count(usage.prompt_tokens))
+
+
+class Reported:
+    """What a finished OpenAI call reported: the usage plus the keys that select its price.
+
+    Attributes:
+        usage: Normalised usage, or None when the response carried none.
+        model: The model the response reports (the served snapshot), or None.
+        request_id: The response id (``chatcmpl-…``, ``resp_…``), else the ``x-request-id`` header.
+        service_tier: The tier that actually served the call (``flex`` / ``priority`` select their prices).
+    """
+
+    __slots__ = ("model", "request_id", "service_tier", "usage")
+
+    def __init__(
+        self, usage: Usage | None, model: str | None, request_id: str | None, service_tier: str | None
+    ) -> None:
+        self.usage = usage
+        self.model = model
+        self.request_id = request_id
+        self.service_tier = service_tier
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def reported_from_result(operation: str, result: object) -> Reported | None:
+    """Read usage, model, id and tier from a parsed (non-streaming) result of ``operation``.
+
+    Args:
+        operation: ``chat.completions``, ``responses`` or ``embeddings``.
+        result: What the SDK returned (``ParsedChatCompletion`` / ``ParsedResponse`` are subclasses and match).
+
+    Returns:
+        The report, or None when the result is not the type this operation produces (a ``cast_to`` override).
+    """
+    if operation == "chat.completions" and isinstance(result, ChatCompletion):
+        return Reported(chat_usage(result.usage), _str(result.model), _str(result.id), _str(result.service_tier))
+    if operation == "responses" and isinstance(result, Response):
+        # ``Response.service_tier`` exists since the Responses API shipped (1.66); getattr guards compatible hosts.
+        tier = _str(getattr(result, "service_tier", None))
+        return Reported(responses_usage(result.usage), _str(result.model), _str(result.id), tier)
+    if operation == "embeddings" and isinstance(result, CreateEmbeddingResponse):
+        # Embedding responses have no id: the SDK's documented ``_request_id`` (x-request-id header) stands in.
+        return Reported(embeddings_usage(result), _str(result.model), _str(getattr(result, "_request_id", None)), None)
+    return None
+
+
+def chunk_is_usage_only(chunk: object) -> bool:
+    """True for the extra final chunk that ``stream_options.include_usage`` adds (``choices == []`` + usage)."""
+    return isinstance(chunk, ChatCompletionChunk) and chunk.usage is not None and not chunk.choices

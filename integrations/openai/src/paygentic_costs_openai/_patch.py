@@ -1,0 +1,324 @@
+"""The patches: one request chokepoint (sync + async), raw-response ``parse()``, and helper-stream ``close()``.
+
+Why the chokepoint: every OpenAI resource method — ``create``, the ``.parse()`` helpers (which bypass ``create`` and
+call ``_post`` directly), the ``.stream()`` helpers, ``with_raw_response`` and ``with_streaming_response`` — ends in
+``SyncAPIClient.request`` / ``AsyncAPIClient.request`` with a ``FinalRequestOptions`` (method, url, json body).
+Resource objects bind ``client.post`` at construction, but ``post`` looks ``request`` up on the class at call time, so
+patching the class covers clients created before ``instrument()`` and the ``with_raw_response`` wrappers that a
+``cached_property`` captured early (unlike patching ``Completions.create``). Retries happen *inside* ``request``, so
+one SDK call is one wrapper invocation is one event. Verified on openai 1.66.0 and 3.57.0 by the test suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from openai import AsyncStream, Stream
+from openai._legacy_response import LegacyAPIResponse
+from openai._response import BaseAPIResponse
+
+from paygentic_costs.instrumentation import (
+    AsyncStreamProxy,
+    CallHandle,
+    Instrumentor,
+    Patch,
+    SyncStreamProxy,
+    guard,
+)
+
+from ._extract import reported_from_result
+from ._stream import AsyncHidingChatStream, ChatStreamState, ResponsesStreamState, StreamState, SyncHidingChatStream
+
+__all__ = ["patches"]
+
+# Billable routes (POST, path as the resource methods pass it — Azure rewrites it to /deployments/... later, in
+# _build_request, so the bare path is what the wrapper sees for every client flavour).
+_OPERATIONS: dict[str, str] = {
+    "/chat/completions": "chat.completions",
+    "/responses": "responses",
+    "/embeddings": "embeddings",
+}
+# Header the SDK sets for with_raw_response ("true") and with_streaming_response ("stream"); openai._constants.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+# Frames that belong to the SDK or to us; the first frame outside them is the user's call site.
+_OWN_MODULES = ("openai.", "paygentic_costs.", "paygentic_costs_openai.", "wrapt.", "httpx.", "httpx2.", "asyncio.")
+_OWN_EXACT = frozenset({"openai", "paygentic_costs", "paygentic_costs_openai", "wrapt", "contextlib", "functools"})
+
+
+def _call_site(operation: str, what: str) -> str:
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module not in _OWN_EXACT and not module.startswith(_OWN_MODULES):
+            return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return f"openai {operation} {what}"
+
+
+class _Prepared:
+    """What the wrapper decided before sending: the operation, the (maybe extended) arguments, stream handling."""
+
+    __slots__ = ("args", "hide_usage_chunk", "kwargs", "model", "operation", "raw")
+
+    def __init__(self, operation: str, model: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.operation = operation
+        self.model = model
+        self.args = args
+        self.kwargs = kwargs
+        self.hide_usage_chunk = False
+        self.raw = False
+
+
+def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Prepared | None:
+    """Classify one ``request(cast_to, options, *, stream, stream_cls)`` call; None when it is not billable."""
+    options = args[1] if len(args) > 1 else kwargs.get("options")
+    if options is None or options.url not in _OPERATIONS or options.method.lower() != "post":
+        return None
+    body = options.json_data
+    body = body if isinstance(body, Mapping) else {}
+    model = body.get("model")
+    prepared = _Prepared(_OPERATIONS[options.url], model if isinstance(model, str) else None, args, kwargs)
+    headers = options.headers
+    prepared.raw = isinstance(headers, Mapping) and bool(headers.get(_RAW_RESPONSE_HEADER))
+    if prepared.operation == "chat.completions" and body.get("stream") is True and not prepared.raw:
+        _ask_for_usage(prepared, options, body)
+    return prepared
+
+
+def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -> None:
+    """Add ``stream_options.include_usage`` to a chat stream the caller did not ask usage for.
+
+    Without it OpenAI chat streams carry no usage at all. Only non-raw streams get it: there the proxy can hide the
+    extra chunk; a raw (``with_raw_response`` / ``with_streaming_response``) body is the caller's bytes to read.
+    """
+    extra = options.extra_json
+    if isinstance(extra, Mapping) and "stream_options" in extra:
+        return  # extra_body wins over the body when the SDK merges them: the caller's explicit choice, left alone
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, Mapping):
+        return  # not a shape we understand: send exactly what the caller built
+    if stream_options is not None and stream_options.get("include_usage") is True:
+        return  # the caller asked for usage and sees the usage chunk as usual
+    extended = copy.copy(options)  # never mutate the SDK's options: its retry loop copies them per attempt
+    extended.json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
+    if len(prepared.args) > 1:
+        prepared.args = (prepared.args[0], extended, *prepared.args[2:])
+    else:
+        prepared.kwargs = {**prepared.kwargs, "options": extended}
+    prepared.hide_usage_chunk = True
+
+
+class _Pending:
+    """A raw response whose usage arrives only when the caller parses it."""
+
+    __slots__ = ("call", "call_site", "finalizer", "operation", "proxy")
+
+    def __init__(self, call: CallHandle, operation: str, call_site: str, finalizer: weakref.finalize[Any, Any]) -> None:
+        self.call = call
+        self.operation = operation
+        self.call_site = call_site
+        self.finalizer = finalizer
+        self.proxy: Any = None
+
+
+def _missing(call: CallHandle, call_site: str) -> None:
+    with guard("openai.raw_response.gc"):
+        call.finish(None, call_site=call_site)
+
+
+class _Wrappers:
+    """The wrapper functions, bound to one instrumentor (for ``start_call`` and its enabled flag)."""
+
+    def __init__(self, instrumentor: Instrumentor) -> None:
+        self._instrumentor = instrumentor
+        # Raw responses awaiting .parse(); weak keys so an unparsed response still dies (its finalizer then counts
+        # usage_missing) and nothing here keeps an HTTP response alive.
+        self._pending: weakref.WeakKeyDictionary[Any, _Pending] = weakref.WeakKeyDictionary()
+
+    # -- the chokepoint ---------------------------------------------------------------------------------------------
+
+    def _open(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Prepared, CallHandle] | None:
+        prepared: _Prepared | None = None
+        with guard("openai.prepare"):  # request extraction failed: the SDK call proceeds, with no event
+            prepared = _prepare(args, kwargs)
+        if prepared is None:
+            return None
+        call = self._instrumentor.start_call(prepared.operation, model=prepared.model)
+        if call is None:  # disabled, suppressed, or an outer layer records this call
+            return None
+        return prepared, call
+
+    def request(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``SyncAPIClient.request``: opens the call, sends, then finishes it (or hands it to a stream/raw response)."""
+        opened = self._open(args, kwargs)
+        if opened is None:
+            return wrapped(*args, **kwargs)
+        prepared, call = opened
+        with call:  # marks the call active (no double count below us); an SDK error fails it and propagates as is
+            result = wrapped(*prepared.args, **prepared.kwargs)
+        return self._after(prepared, call, result)
+
+    async def arequest(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``AsyncAPIClient.request``: the async twin of :meth:`request` (awaits, so wrapt keeps it a coroutine)."""
+        opened = self._open(args, kwargs)
+        if opened is None:
+            return await wrapped(*args, **kwargs)
+        prepared, call = opened
+        with call:
+            result = await wrapped(*prepared.args, **prepared.kwargs)
+        return self._after(prepared, call, result)
+
+    def _after(self, prepared: _Prepared, call: CallHandle, result: Any) -> Any:
+        out = result
+        with guard(f"openai.{prepared.operation}.finish"):
+            if isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
+                self._hold_raw(prepared, call, result)
+            elif isinstance(result, (Stream, AsyncStream)):
+                out = self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
+            else:
+                _finish_result(prepared.operation, call, result)
+        return out
+
+    # -- streams ----------------------------------------------------------------------------------------------------
+
+    def _proxy_stream(self, operation: str, call: CallHandle, stream: Any, hide_usage_chunk: bool) -> Any:
+        site = _call_site(operation, "stream")
+        state: StreamState
+        if operation == "responses":
+            state = ResponsesStreamState(call, site)
+        elif operation == "chat.completions":
+            state = ChatStreamState(call, site)
+            if hide_usage_chunk:
+                # We extended the request; the hiding proxies drop the extra usage-only chunk again.
+                cls = AsyncHidingChatStream if isinstance(stream, AsyncStream) else SyncHidingChatStream
+                return cls(stream, state)
+        else:
+            return stream  # no streaming variant of this endpoint exists; leave it untouched
+        proxy_cls = AsyncStreamProxy if isinstance(stream, AsyncStream) else SyncStreamProxy
+        return proxy_cls(stream, on_chunk=state.on_chunk, on_end=state.on_end)
+
+    # -- raw responses ----------------------------------------------------------------------------------------------
+
+    def _hold_raw(self, prepared: _Prepared, call: CallHandle, response: Any) -> None:
+        # with_raw_response / with_streaming_response return the HTTP response unparsed; usage exists only once the
+        # caller parses it. Parsing it ourselves would evaluate lazily-read bodies early, so wait for parse() — and
+        # if the response dies unparsed, count usage_missing (naming the call site) instead of guessing.
+        site = _call_site(prepared.operation, "raw response")
+        finalizer = weakref.finalize(response, _missing, call, site)
+        self._pending[response] = _Pending(call, prepared.operation, site, finalizer)
+
+    def _parsed(self, instance: Any, parsed: Any) -> Any:
+        pending = self._pending.get(instance)
+        if pending is None:
+            return parsed
+        if isinstance(parsed, (Stream, AsyncStream)):
+            if pending.proxy is None:
+                # A raw stream: the caller did not get include_usage from us (it may read the raw bytes instead).
+                pending.finalizer.detach()
+                pending.proxy = self._proxy_stream(pending.operation, pending.call, parsed, hide_usage_chunk=False)
+            return pending.proxy  # the same proxy for every parse(), as the SDK caches the same stream
+        if _finish_result(pending.operation, pending.call, parsed):
+            pending.finalizer.detach()
+            del self._pending[instance]
+        return parsed  # parse(to=...) into another type keeps waiting for a parse that yields the usage
+
+    def parse(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``APIResponse.parse`` / ``LegacyAPIResponse.parse``: finishes a held raw-response call."""
+        parsed = wrapped(*args, **kwargs)
+        if not self._pending:  # the SDK parses every normal response through here: stay a dict check
+            return parsed
+        out = parsed
+        with guard("openai.raw_response.parse"):
+            out = self._parsed(instance, parsed)
+        return out
+
+    async def aparse(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``AsyncAPIResponse.parse``: the async twin of :meth:`parse`."""
+        parsed = await wrapped(*args, **kwargs)
+        if not self._pending:
+            return parsed
+        out = parsed
+        with guard("openai.raw_response.parse"):
+            out = self._parsed(instance, parsed)
+        return out
+
+    # -- stream helpers ---------------------------------------------------------------------------------------------
+
+    def helper_close(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``ChatCompletionStream.close`` / ``ResponseStream.close``: finish the call when a ``.stream()`` block exits.
+
+        The helpers close the HTTP response directly, not the raw stream they iterate (our proxy), so without this
+        an early exit from ``with client.chat.completions.stream(...)`` would be seen only at garbage collection.
+        """
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            with guard("openai.stream_helper.close"):
+                raw = getattr(instance, "_raw_stream", None)  # the helper's private field; pinned by a test
+                if isinstance(raw, SyncStreamProxy):
+                    raw.close()
+
+    async def ahelper_close(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``AsyncChatCompletionStream.close`` / ``AsyncResponseStream.close``: the async twin of :meth:`helper_close`."""
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            with guard("openai.stream_helper.close"):
+                raw = getattr(instance, "_raw_stream", None)
+                if isinstance(raw, AsyncStreamProxy):
+                    await raw.close()
+
+
+def _finish_result(operation: str, call: CallHandle, result: Any) -> bool:
+    """Finish ``call`` from a parsed result; False when the result is not this operation's type."""
+    reported = reported_from_result(operation, result)
+    if reported is None:
+        return False
+    call.finish(
+        reported.usage,
+        model=reported.model,
+        request_id=reported.request_id,
+        service_tier=reported.service_tier,
+        # Only needed for the usage_missing warning; walking the stack is skipped on the normal path.
+        call_site=_call_site(operation, "call") if reported.usage is None else None,
+    )
+    return True
+
+
+def patches(instrumentor: Instrumentor) -> Iterable[Patch]:
+    """The patches of the OpenAI integration, in the order they are applied."""
+    w = _Wrappers(instrumentor)
+    return [
+        Patch("openai._base_client", "SyncAPIClient.request", w.request,
+              "opens one cost.ai.inference call per billable request (chat, responses, embeddings; every variant)"),
+        Patch("openai._base_client", "AsyncAPIClient.request", w.arequest,
+              "async twin of SyncAPIClient.request"),
+        Patch("openai._legacy_response", "LegacyAPIResponse.parse", w.parse,
+              "with_raw_response: usage is known only when the caller parses the raw response"),
+        Patch("openai._response", "APIResponse.parse", w.parse,
+              "with_streaming_response (sync): usage is known only when the caller parses the response"),
+        Patch("openai._response", "AsyncAPIResponse.parse", w.aparse,
+              "with_streaming_response (async): usage is known only when the caller parses the response"),
+        # The helper classes live under openai.lib.streaming since the Responses API shipped (1.66); optional so a
+        # future refactor of the helpers degrades to finalization at garbage collection, not an instrument() error.
+        Patch("openai.lib.streaming.chat", "ChatCompletionStream.close", w.helper_close,
+              "finishes the call when a chat .stream() block exits early", optional=True),
+        Patch("openai.lib.streaming.chat", "AsyncChatCompletionStream.close", w.ahelper_close,
+              "finishes the call when an async chat .stream() block exits early", optional=True),
+        Patch("openai.lib.streaming.responses", "ResponseStream.close", w.helper_close,
+              "finishes the call when a responses .stream() block exits early", optional=True),
+        Patch("openai.lib.streaming.responses", "AsyncResponseStream.close", w.ahelper_close,
+              "finishes the call when an async responses .stream() block exits early", optional=True),
+    ]

@@ -1,0 +1,193 @@
+"""Stream handling: observe chunks as they pass, finish the call exactly once, hide the usage chunk we asked for.
+
+The finalize-once machinery (exhaustion, ``close()``, ``with`` exit, errors, garbage collection) is the core's
+:class:`SyncStreamProxy` / :class:`AsyncStreamProxy`; this module adds only the OpenAI-specific parts:
+
+* the per-stream state that remembers usage, model, id and tier from the chunks (``on_chunk`` / ``on_end`` hooks);
+* for chat streams where *we* injected ``stream_options.include_usage``, proxies that drop the extra usage-only
+  chunk (``choices == []``) so the caller sees exactly the chunks it would have seen without instrumentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import ResponseCompletedEvent, ResponseFailedEvent, ResponseIncompleteEvent
+
+from paygentic_costs.instrumentation import AsyncStreamProxy, CallHandle, SyncStreamProxy
+
+from ._extract import chat_usage, chunk_is_usage_only, responses_usage
+
+__all__ = [
+    "AsyncHidingChatStream",
+    "ChatStreamState",
+    "ResponsesStreamState",
+    "SyncHidingChatStream",
+    "StreamState",
+]
+
+# The three events that end a Responses stream; each carries the full ``response`` with its ``usage``.
+_TERMINAL_EVENTS = (ResponseCompletedEvent, ResponseIncompleteEvent, ResponseFailedEvent)
+_NOTHING: Any = object()
+
+
+class StreamState:
+    """What one stream has reported so far, and how to finish its call.
+
+    Args:
+        call: The open call; finished exactly once from :meth:`on_end`.
+        call_site: Where the user started the stream (named in the ``usage_missing`` warning).
+    """
+
+    __slots__ = ("call", "call_site", "model", "request_id", "service_tier", "usage")
+
+    def __init__(self, call: CallHandle, call_site: str) -> None:
+        self.call = call
+        self.call_site = call_site
+        self.usage: Any = None
+        self.model: str | None = None
+        self.request_id: str | None = None
+        self.service_tier: str | None = None
+
+    def on_chunk(self, chunk: Any) -> None:
+        """Observe one item (implemented per API)."""
+
+    def normalised(self) -> Any:
+        """The usage seen so far as a ``Usage``, or None."""
+        return None
+
+    def on_end(self, error: BaseException | None) -> None:
+        """Finish the call with whatever usage already arrived; with none, the core counts ``usage_missing``."""
+        # An error or an early exit is not a reason to drop usage the provider already reported: the tokens were
+        # billed by OpenAI either way. Without usage nothing is invented (finish(None) warns, naming the call site).
+        self.call.finish(
+            self.normalised(),
+            model=self.model,
+            request_id=self.request_id,
+            service_tier=self.service_tier,
+            call_site=self.call_site,
+        )
+
+
+class ChatStreamState(StreamState):
+    """Chat-completions stream: id/model/tier from the first chunk, usage from the usage chunk."""
+
+    __slots__ = ()
+
+    def on_chunk(self, chunk: Any) -> None:
+        """Remember the id, model and tier once, and the usage when the usage chunk passes."""
+        if not isinstance(chunk, ChatCompletionChunk):
+            return
+        if self.request_id is None:
+            self.request_id = chunk.id or None
+            self.model = chunk.model or None
+            self.service_tier = chunk.service_tier
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            # The usage chunk repeats model and tier; they are the ones the price must use.
+            self.model = chunk.model or self.model
+            self.service_tier = chunk.service_tier or self.service_tier
+
+    def normalised(self) -> Any:
+        """The usage chunk's usage, normalised."""
+        return chat_usage(self.usage)
+
+
+class ResponsesStreamState(StreamState):
+    """Responses stream: everything comes from the terminal event's ``response`` (``response.completed``...)."""
+
+    __slots__ = ()
+
+    def on_chunk(self, chunk: Any) -> None:
+        """Take usage, model, id and tier from ``response.completed`` / ``.incomplete`` / ``.failed``."""
+        if isinstance(chunk, _TERMINAL_EVENTS):
+            response = chunk.response
+            self.usage = response.usage
+            self.model = response.model or None
+            self.request_id = response.id or None
+            self.service_tier = getattr(response, "service_tier", None)
+
+    def normalised(self) -> Any:
+        """The terminal response's usage, normalised."""
+        return responses_usage(self.usage)
+
+
+def _finishes_a_choice(chunk: Any) -> bool:
+    # A plain loop (not any() over a generator): this runs for every chunk of every stream.
+    if isinstance(chunk, ChatCompletionChunk):
+        for choice in chunk.choices:
+            if choice.finish_reason is not None:
+                return True
+    return False
+
+
+class SyncHidingChatStream(SyncStreamProxy):
+    """A chat stream whose request we extended with ``include_usage``: the usage-only chunk is consumed, not shown.
+
+    OpenAI sends the usage chunk right after the last ``finish_reason`` chunk. Callers often ``break`` on
+    ``finish_reason``; so after such a chunk the proxy reads one item ahead. When it is the usage chunk it is recorded
+    and dropped; anything else (another choice's chunk, the end, an error) is handed out on the next ``next()``.
+    """
+
+    def __init__(self, stream: Any, state: ChatStreamState) -> None:
+        super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
+        self._self_ahead: Any = _NOTHING
+
+    def __next__(self) -> Any:
+        ahead = self._self_ahead
+        if ahead is not _NOTHING:
+            self._self_ahead = _NOTHING
+            if isinstance(ahead, BaseException):
+                raise ahead
+            return ahead
+        while True:
+            item = SyncStreamProxy.__next__(self)
+            if chunk_is_usage_only(item):
+                continue  # ours: the caller did not ask for it
+            if _finishes_a_choice(item):
+                self._self_ahead = self._read_ahead()
+            return item
+
+    def _read_ahead(self) -> Any:
+        # KeyboardInterrupt and friends are not deferred (only Exception is): they propagate now, as they would have.
+        try:
+            item = SyncStreamProxy.__next__(self)
+        except StopIteration:
+            return StopIteration()
+        except Exception as exc:  # re-raised unchanged on the caller's next next()
+            return exc
+        return _NOTHING if chunk_is_usage_only(item) else item
+
+
+class AsyncHidingChatStream(AsyncStreamProxy):
+    """The async twin of :class:`SyncHidingChatStream`."""
+
+    def __init__(self, stream: Any, state: ChatStreamState) -> None:
+        super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
+        self._self_ahead: Any = _NOTHING
+
+    async def __anext__(self) -> Any:
+        ahead = self._self_ahead
+        if ahead is not _NOTHING:
+            self._self_ahead = _NOTHING
+            if isinstance(ahead, BaseException):
+                raise ahead
+            return ahead
+        while True:
+            item = await AsyncStreamProxy.__anext__(self)
+            if chunk_is_usage_only(item):
+                continue  # ours: the caller did not ask for it
+            if _finishes_a_choice(item):
+                self._self_ahead = await self._read_ahead()
+            return item
+
+    async def _read_ahead(self) -> Any:
+        # CancelledError is not deferred (only Exception is): cancellation takes effect at this await, as it would have.
+        try:
+            item = await AsyncStreamProxy.__anext__(self)
+        except StopAsyncIteration:
+            return StopAsyncIteration()
+        except Exception as exc:  # re-raised unchanged on the caller's next __anext__()
+            return exc
+        return _NOTHING if chunk_is_usage_only(item) else item
