@@ -1,0 +1,42 @@
+"""paygentic-costs integration for the ``anthropic`` SDK: every Messages API request becomes one priced cost event.
+
+Covered: ``messages.create`` (with and without ``stream=True``), ``messages.stream()``, ``messages.parse()`` and the
+same under ``beta.messages``, sync and async, on every client (``Anthropic``, ``AsyncAnthropic``, Bedrock and Vertex
+clients, ``with_options()`` copies), including clients created before ``instrument()``::
+
+    import paygentic_costs as pc
+
+    pc.configure()
+    pc.instrument("anthropic")          # or instrument("anthropic", event_type="cost.llm")
+
+Events carry ``data.provider = "anthropic"``, ``data.operation = "messages"``, the model as reported, the token
+buckets (all input in ``input_tokens``; cache reads, 5-minute and 1-hour cache writes as parts of it; web searches)
+and ``data.request_id`` (the ``msg_…`` id). Prompts and completions are never read into events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from paygentic_costs.instrumentation import Instrumentor, Patch
+
+__all__ = ["AnthropicInstrumentor"]
+
+
+class AnthropicInstrumentor(Instrumentor):
+    """Patches the ``anthropic`` SDK's Messages API globally (revertible with ``uninstrument()``)."""
+
+    name: ClassVar[str] = "anthropic"
+    distribution: ClassVar[str] = "anthropic"
+    # 0.80 is the first release with everything read here: messages.parse (beta.messages.parse since 0.75), the
+    # cache_creation TTL breakdown and server_tool_use in Usage, and the stream managers' _raw_stream.
+    supported: ClassVar[str] = ">=0.80,<3"
+    provider: ClassVar[str] = "anthropic"
+    install_hint: ClassVar[str | None] = "pip install 'paygentic-costs-anthropic'"
+
+    def _patches(self) -> Iterable[Patch]:
+        # Imported here: the SDK is imported only once instrument() has checked it is installed and in range.
+        from ._patch import patches
+
+        return patches(self)
