@@ -16,8 +16,10 @@ under-reporting silently:
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from time import time
 from typing import Any
 
 from genai_prices import data_snapshot
@@ -34,12 +36,23 @@ from genai_prices.types import (
 from genai_prices.units import UnitRegistry
 from genai_prices.validation import validate_priced_units
 
-from ._plan import CTX, STRICT_FALLBACKS, Plan, PriceValue, Tiered, Unpriced, build_plan
+from ._plan import (
+    CTX,
+    STRICT_FALLBACKS,
+    Plan,
+    PriceValue,
+    Tiered,
+    Unpriced,
+    build_plan,
+    day_start,
+    fixed_plan,
+    utc_timestamp,
+)
 from ._usage import Price, Usage
 
 __all__ = ["CatalogModel", "current_snapshot", "resolve"]
 
-_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # any instant: only time-of-day constraints read it
 _REGISTRY = UnitRegistry(unit_data)
 _PRICE_KEY_UNITS = {unit.price_key: unit for unit in _REGISTRY.units.values()}
 _TWO = Decimal(2)
@@ -61,14 +74,22 @@ def resolve(snapshot: data_snapshot.DataSnapshot, provider: str, model: str) -> 
 
 
 class _Selector:
-    """The variants that apply to one request context, and the plans compiled for them so far."""
+    """The variants that apply to one request context, and the plans compiled for them so far.
 
-    __slots__ = ("plans", "static_key", "variants")
+    When every constraint involved is a start date (nearly always), the selection can only change at UTC midnight of
+    one of those dates: ``bounds`` holds those instants as POSIX timestamps and ``by_interval`` the plan for each
+    interval between them, so picking the plan for a request is one ``bisect``.
+    """
 
-    def __init__(self, variants: tuple[tuple[int, PriceVariant], ...], static_key: tuple[Any, ...] | None) -> None:
+    __slots__ = ("bounds", "by_interval", "by_key", "days", "static", "variants")
+
+    def __init__(self, variants: tuple[tuple[int, PriceVariant], ...], days: tuple[date, ...] | None) -> None:
         self.variants = variants
-        self.static_key = static_key  # set when no constraint depends on the request time
-        self.plans: dict[tuple[Any, ...], Plan | Unpriced] = {}
+        self.days = days  # None when a time-of-day constraint is involved
+        self.bounds = tuple(day_start(d) for d in days or ())
+        self.by_interval: list[Plan | None] = [None] * (len(self.bounds) + 1)
+        self.by_key: dict[tuple[Any, ...], Plan] = {}
+        self.static: Plan | None = None  # the plan when nothing depends on the request time
 
 
 class CatalogModel:
@@ -84,29 +105,27 @@ class CatalogModel:
             self._conds: tuple[tuple[Constraint, ModelPrice], ...] = ((None, model.prices),)
         else:
             self._conds = tuple((c.constraint, c.prices) for c in model.prices)
-        self._conds_timed = any(c is not None for c, _ in self._conds)
         self._currency = currency
         self._fx = None if currency == "USD" else fx
+        self._blocked = fixed_plan(Unpriced("no_fx_rate")) if currency != "USD" and fx is None else None
         self._selectors: dict[tuple[str | None, bool], _Selector] = {}
         self._lock = threading.Lock()
+        self._default = self._selector(None, False)
+
+    @property
+    def plain(self) -> Plan | None:
+        """The plan for requests without service tier or batch flag, when it does not depend on the time."""
+        return self._default.static
 
     def price(self, usage: Usage, at: datetime | None, service_tier: str | None, batch: bool) -> Price | Unpriced:
         """Price ``usage`` at time ``at`` (None = now), selecting service-tier / batch variants like genai-prices."""
-        if self._currency != "USD" and self._fx is None:
-            return Unpriced("no_fx_rate")
-        selector = self._selectors.get((service_tier, batch))
-        if selector is None:
-            selector = self._selector(service_tier, batch)
-        key = selector.static_key
-        if key is None:
-            key = self._time_key(selector, at)
-        plan = selector.plans.get(key)
+        if service_tier is None and not batch:
+            selector = self._default
+        else:
+            selector = self._selectors.get((service_tier, batch)) or self._selector(service_tier, batch)
+        plan = selector.static
         if plan is None:
-            plan = self._compile(key)
-            with self._lock:
-                selector.plans[key] = plan
-        if isinstance(plan, Unpriced):
-            return plan
+            plan = self._timed_plan(selector, at)
         return plan.apply(usage)
 
     def _selector(self, service_tier: str | None, batch: bool) -> _Selector:
@@ -122,18 +141,43 @@ class CatalogModel:
                 for i, v in enumerate(self._model.price_variants or ())
                 if all(context.get(k) == value for k, value in v.when.items())
             )
-        timed = self._conds_timed or any(v.constraint is not None for _, v in variants)
-        static_key = None if timed else (len(self._conds) - 1, tuple(i for i, _ in variants))
-        selector = _Selector(variants, static_key)
+        constraints = [c for c, _ in self._conds] + [v.constraint for _, v in variants]
+        if any(isinstance(c, TimeOfDateConstraint) for c in constraints):
+            selector = _Selector(variants, None)
+        else:
+            days = tuple(sorted({c.start_date for c in constraints if isinstance(c, StartDateConstraint)}))
+            selector = _Selector(variants, days)
+            if not days and self._blocked is None:
+                selector.static = self._compile(self._key(selector, _EPOCH, date.min))
+        if self._blocked is not None:
+            selector.static = self._blocked
         with self._lock:
             return self._selectors.setdefault((service_tier, batch), selector)
 
-    def _time_key(self, selector: _Selector, at: datetime | None) -> tuple[Any, ...]:
+    def _timed_plan(self, selector: _Selector, at: datetime | None) -> Plan:
+        if selector.days is not None:
+            index = bisect_right(selector.bounds, time() if at is None else utc_timestamp(at))
+            plan = selector.by_interval[index]
+            if plan is None:
+                day = date.min if index == 0 else selector.days[index - 1]
+                plan = self._compile(self._key(selector, _EPOCH, day))
+                selector.by_interval[index] = plan  # a list slot: a racing thread at worst compiles it twice
+            return plan
+        # Time-of-day prices (off-peak discounts): evaluate the constraints per request.
+        if at is None:
+            at = datetime.now(timezone.utc)
+        day = at.date() if at.tzinfo is None else at.astimezone(timezone.utc).date()
+        key = self._key(selector, at, day)
+        plan = selector.by_key.get(key)
+        if plan is None:
+            plan = self._compile(key)
+            with self._lock:
+                selector.by_key[key] = plan
+        return plan
+
+    def _key(self, selector: _Selector, at: datetime, day: date) -> tuple[Any, ...]:
         # Same rules as genai-prices' ModelInfo.get_prices: UTC dates, naive timestamps are UTC, the last active
         # conditional price wins and the first one applies when none is active.
-        if at is None:
-            at = datetime.now(_UTC)
-        day = at.date() if at.tzinfo is None else at.astimezone(_UTC).date()
         cond_index = 0
         for i in range(len(self._conds) - 1, -1, -1):
             if _active(self._conds[i][0], at, day):
@@ -141,7 +185,7 @@ class CatalogModel:
                 break
         return (cond_index, tuple(i for i, v in selector.variants if _active(v.constraint, at, day)))
 
-    def _compile(self, key: tuple[Any, ...]) -> Plan | Unpriced:
+    def _compile(self, key: tuple[Any, ...]) -> Plan:
         cond_index, variant_indexes = key
         constraint, standard = self._conds[cond_index]
         merged = {k: v for k, v in standard.__dict__.items() if not k.startswith("_") and v is not None}
@@ -157,7 +201,7 @@ class CatalogModel:
         try:
             validate_priced_units(tuple(units), _REGISTRY)
         except ValueError:
-            return Unpriced("catalog_error")
+            return fixed_plan(Unpriced("catalog_error"))
         prices: dict[str, tuple[PriceValue, int]] = {}
         for unit in units:
             prices[unit.usage_key] = (_to_price(merged[unit.price_key]), unit.per)
@@ -195,4 +239,3 @@ def _to_price(value: Decimal | TieredPrices) -> PriceValue:
     if isinstance(value, TieredPrices):
         return Tiered(value.base, tuple(sorted(((t.start, t.price) for t in value.tiers), reverse=True)))
     return value
-

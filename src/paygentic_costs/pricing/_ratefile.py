@@ -154,7 +154,7 @@ def parse_rates(raw: Mapping[str, Any], source: str) -> RateFileData:
         raise w.error(None, f"unknown top-level key {unknown[0]!r} (allowed: {', '.join(_SECTIONS)})")
     currency = raw.get("currency", "USD")
     if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
-        raise w.error(None, f"currency: expected a 3-letter ISO code like \"USD\", got {currency!r}")
+        raise w.error(None, f'currency: expected a 3-letter ISO code like "USD", got {currency!r}')
     llm = tuple(_parse_llm(key, value, w) for key, value in _section(raw, "llm", w).items())
     seen: dict[tuple[str, str], str] = {}
     for entry in llm:
@@ -298,7 +298,7 @@ def _parse_api(key: str, value: Any, w: _Where) -> ApiEntry:
         raise w.error(table, f'units: expected "$.json.path" or "header:NAME", got {units!r}')
     method = shape.get("method")
     if method is not None and not _METHOD_RE.match(method):
-        raise w.error(table, f"method: expected an HTTP method like \"GET\", got {method!r}")
+        raise w.error(table, f'method: expected an HTTP method like "GET", got {method!r}')
     match = shape.get("match")
     if match is not None:
         try:
@@ -334,7 +334,9 @@ def _parse_compute(key: str, value: Any, w: _Where) -> ComputeEntry:
             raise w.error(table, "give exactly one of per_hour or per_second")
         version = ComputeVersion(_date(table, raw.get("effective_from"), w), per_hour, per_second)
         dated.append((version.effective_from, version))
-    return ComputeEntry(key=key, provider=provider, operation=operation, versions=tuple(_sorted_by_date(table, dated, w)))
+    return ComputeEntry(
+        key=key, provider=provider, operation=operation, versions=tuple(_sorted_by_date(table, dated, w))
+    )
 
 
 def _parse_fx(raw: Mapping[str, Any], w: _Where) -> Mapping[str, Decimal]:

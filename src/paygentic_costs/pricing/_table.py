@@ -51,6 +51,7 @@ catalog; else unpriced. Resolution happens once per (provider, model) and is cac
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -58,26 +59,26 @@ import threading
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from time import time
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from .._errors import ConfigurationError
 from ._catalog import CatalogModel, current_snapshot, resolve
-from ._plan import CTX, STRICT_FALLBACKS, Plan, Unpriced, build_plan
+from ._plan import CTX, STRICT_FALLBACKS, Plan, Unpriced, build_plan, day_start, utc_timestamp
 from ._ratefile import ApiEntry, ComputeEntry, LLMEntry, RateFileData, compile_match, normalise_url, parse_rates
 from ._usage import Price, Usage
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 __all__ = ["ApiRate", "RateTable", "Unpriced"]
 
-_UTC = timezone.utc
 _HOUR = Decimal(3600)
 _MAX_CACHED = 10_000  # distinct (provider, model) pairs remembered; beyond that, resolve per call
 _SNAPSHOT_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|@\d{4}-\d{2}-\d{2})?(?:-v\d+(?::\d+)?|:\d+)?")
@@ -105,22 +106,20 @@ class ApiRate:
 
 
 class _LLMSource(Protocol):
+    @property
+    def plain(self) -> Plan | None: ...
+
     def price(
         self, usage: Usage, at: datetime | None, service_tier: str | None, batch: bool
     ) -> Price | Unpriced | None: ...
-
-
-def _utc_day(at: datetime | None) -> date:
-    if at is None:
-        return datetime.now(_UTC).date()
-    return at.date() if at.tzinfo is None else at.astimezone(_UTC).date()
 
 
 class _FileLLM:
     """One ``[llm."provider:model"]`` entry with its versions compiled to plans."""
 
     def __init__(self, entry: LLMEntry, currency: str) -> None:
-        self._days = [v.effective_from or date.min for v in entry.versions]
+        # POSIX timestamps of each version's start (UTC midnight); undated versions start at -inf.
+        self._bounds = [-math.inf if v.effective_from is None else day_start(v.effective_from) for v in entry.versions]
         self._timed = any(v.effective_from is not None for v in entry.versions)
         plans: list[Plan] = []
         batch_plans: list[Plan] = []
@@ -144,30 +143,41 @@ class _FileLLM:
                 )
         self._plans = tuple(plans)
         self._batch_plans = tuple(batch_plans)
+        self.plain = None if self._timed else self._plans[0]
 
-    def price(self, usage: Usage, at: datetime | None, service_tier: str | None, batch: bool) -> Price | Unpriced | None:
+    def price(
+        self, usage: Usage, at: datetime | None, service_tier: str | None, batch: bool
+    ) -> Price | Unpriced | None:
         index = 0
         if self._timed:
-            index = bisect_right(self._days, _utc_day(at)) - 1
+            index = bisect_right(self._bounds, time() if at is None else utc_timestamp(at)) - 1
             if index < 0:
                 return None  # not effective yet: the next source in the lookup order applies
         return (self._batch_plans if batch else self._plans)[index].apply(usage)
 
 
-class _CatalogSource:
-    __slots__ = ("_model",)
-
-    def __init__(self, model: CatalogModel) -> None:
-        self._model = model
-
-    def price(self, usage: Usage, at: datetime | None, service_tier: str | None, batch: bool) -> Price | Unpriced | None:
-        return self._model.price(usage, at, service_tier, batch)
-
-
-def _dated_index(days: list[date], at: datetime | None) -> int:
-    if len(days) == 1 and days[0] == date.min:
+def _dated_index(bounds: list[float], at: datetime | None) -> int:
+    if len(bounds) == 1 and bounds[0] == -math.inf:
         return 0
-    return bisect_right(days, _utc_day(at)) - 1
+    return bisect_right(bounds, time() if at is None else utc_timestamp(at)) - 1
+
+
+def _bounds(days: list[date | None]) -> list[float]:
+    return [-math.inf if d is None else day_start(d) for d in days]
+
+
+class _Resolved:
+    """The lookup chain for one (provider, model), and the plan to use directly when nothing can vary per request.
+
+    ``plain`` is set when the first source prices every call without service tier or batch flag with one fixed
+    plan (an undated file entry, a catalog model without dated prices), which skips the chain walk.
+    """
+
+    __slots__ = ("chain", "plain")
+
+    def __init__(self, chain: tuple[_LLMSource, ...]) -> None:
+        self.chain = chain
+        self.plain: Plan | None = chain[0].plain if chain else None
 
 
 class RateTable:
@@ -193,23 +203,23 @@ class RateTable:
         self._llm_prefix = {p: sorted(items, key=lambda item: -len(item[0])) for p, items in prefixes.items()}
 
         self._api: dict[tuple[str, str], ApiEntry] = {(e.provider, e.operation): e for e in data.api}
-        self._api_days = {k: [v.effective_from or date.min for v in e.versions] for k, e in self._api.items()}
-        matchers = [(compile_match(e.match), e) for e in data.api if e.match is not None]
+        self._api_bounds = {k: _bounds([v.effective_from for v in e.versions]) for k, e in self._api.items()}
+        matchers = [(compile_match(e.match), e.match, e) for e in data.api if e.match is not None]
         # Most specific first: fewer wildcards, then longer patterns, then method-specific ones.
-        matchers.sort(key=lambda m: (m[1].match.count("*"), -len(m[1].match), m[1].method is None))  # type: ignore[union-attr]
+        matchers.sort(key=lambda m: (m[1].count("*"), -len(m[1]), m[2].method is None))
         self._matchers = tuple(
             (
                 pattern,
                 entry.method,
                 ApiRate(entry.provider, entry.operation, entry.event_type, entry.units, entry.method, entry.match),
             )
-            for pattern, entry in matchers
+            for pattern, _, entry in matchers
         )
         self._compute: dict[tuple[str, str], ComputeEntry] = {(e.provider, e.operation): e for e in data.compute}
-        self._compute_days = {k: [v.effective_from or date.min for v in e.versions] for k, e in self._compute.items()}
+        self._compute_bounds = {k: _bounds([v.effective_from for v in e.versions]) for k, e in self._compute.items()}
 
         self._snapshot = current_snapshot()
-        self._llm_cache: dict[tuple[str, str], tuple[_LLMSource, ...]] = {}
+        self._llm_cache: dict[tuple[str, str], _Resolved] = {}
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -255,7 +265,7 @@ class RateTable:
         return cls.from_toml(text, source=name)
 
     @classmethod
-    def load(cls, rates: None | str | os.PathLike[str] | RateTable | Mapping[str, Any]) -> RateTable:
+    def load(cls, rates: str | os.PathLike[str] | RateTable | Mapping[str, Any] | None) -> RateTable:
         """Whatever ``configure(rates=...)`` was given: None (catalog only), a path, a table, or a parsed mapping.
 
         Raises:
@@ -269,9 +279,7 @@ class RateTable:
             return cls.from_file(rates)
         if isinstance(rates, Mapping):
             return cls.from_mapping(rates)
-        raise ConfigurationError(
-            f"rates: expected a path, a mapping or a RateTable, got {type(rates).__name__}"  # type: ignore[unreachable]
-        )
+        raise ConfigurationError(f"rates: expected a path, a mapping or a RateTable, got {type(rates).__name__}")
 
     # -- properties ---------------------------------------------------------------------------------------------
 
@@ -300,8 +308,18 @@ class RateTable:
 
         See ``price_llm_detailed`` for the arguments and for why a usage was not priced.
         """
-        result = self.price_llm_detailed(provider, model, usage, at=at, service_tier=service_tier, batch=batch)
-        return result if isinstance(result, Price) else None
+        # The body of price_llm_detailed, repeated: this is the per-call hot path and a call layer costs ~5%.
+        if current_snapshot() is not self._snapshot:
+            self._reset_catalog()
+        resolved = self._llm_cache.get((provider, model)) or self._resolve_llm(provider, model)
+        if service_tier is None and not batch and resolved.plain is not None:
+            result = resolved.plain.apply(usage)
+            return result if type(result) is Price else None
+        for source in resolved.chain:
+            found = source.price(usage, at, service_tier, batch)
+            if found is not None:
+                return found if type(found) is Price else None
+        return None
 
     def price_llm_detailed(
         self,
@@ -330,23 +348,21 @@ class RateTable:
         """
         if current_snapshot() is not self._snapshot:
             self._reset_catalog()
-        chain = self._llm_cache.get((provider, model))
-        if chain is None:
-            chain = self._resolve_llm(provider, model)
-        for source in chain:
+        resolved = self._llm_cache.get((provider, model)) or self._resolve_llm(provider, model)
+        if service_tier is None and not batch and resolved.plain is not None:
+            return resolved.plain.apply(usage)
+        for source in resolved.chain:
             result = source.price(usage, at, service_tier, batch)
             if result is not None:
                 return result
-        return Unpriced("no_effective_rate" if chain else "unknown_model")
+        return Unpriced("no_effective_rate" if resolved.chain else "unknown_model")
 
     def has_llm(self, provider: str, model: str) -> bool:
         """True when the rate file or the catalog has a rate for this model (at some date)."""
         if current_snapshot() is not self._snapshot:
             self._reset_catalog()
-        chain = self._llm_cache.get((provider, model))
-        if chain is None:
-            chain = self._resolve_llm(provider, model)
-        return bool(chain)
+        resolved = self._llm_cache.get((provider, model)) or self._resolve_llm(provider, model)
+        return bool(resolved.chain)
 
     def _reset_catalog(self) -> None:
         # genai-prices' UpdatePrices installed new data: forget every resolution made against the old snapshot.
@@ -354,7 +370,7 @@ class RateTable:
             self._snapshot = current_snapshot()
             self._llm_cache = {}
 
-    def _resolve_llm(self, provider: str, model: str) -> tuple[_LLMSource, ...]:
+    def _resolve_llm(self, provider: str, model: str) -> _Resolved:
         p = provider.strip().lower()
         m = model.strip().lower()
         chain: list[_LLMSource] = []
@@ -367,8 +383,8 @@ class RateTable:
                 break
         found = resolve(self._snapshot, provider, model)
         if found is not None:
-            chain.append(_CatalogSource(CatalogModel(found[0], found[1], self._currency, self._fx)))
-        result = tuple(chain)
+            chain.append(CatalogModel(found[0], found[1], self._currency, self._fx))
+        result = _Resolved(tuple(chain))
         with self._lock:
             if len(self._llm_cache) < _MAX_CACHED:
                 # A concurrent resolution of the same key may win; both results are equivalent.
@@ -406,7 +422,7 @@ class RateTable:
         entry = self._api.get(key)
         if entry is None:
             return None
-        index = _dated_index(self._api_days[key], at)
+        index = _dated_index(self._api_bounds[key], at)
         if index < 0:
             return None
         version = entry.versions[index]
@@ -439,7 +455,7 @@ class RateTable:
         count = _quantity(seconds)
         if entry is None or count is None:
             return None
-        index = _dated_index(self._compute_days[key], at)
+        index = _dated_index(self._compute_bounds[key], at)
         if index < 0:
             return None
         version = entry.versions[index]

@@ -7,6 +7,7 @@ rewriting the file to a temporary sibling and ``os.replace``-ing it over the ori
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -182,8 +183,6 @@ class UnpricedStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self._path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
