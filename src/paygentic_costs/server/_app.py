@@ -37,7 +37,7 @@ class JSONBody(Response):
 _bearer = HTTPBearer(auto_error=False, description="Any token: each distinct token is its own organisation.")
 
 
-def organisation(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def organisation(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The organisation of the request's bearer token (a stable hash: the token itself is never stored)."""
     if credentials is None or not credentials.credentials:
         raise ApiProblem(
