@@ -28,6 +28,7 @@ from .._errors import ConfigurationError
 from .._events import CostEvent
 from .._guard import report_internal_error
 from ._base import NOT_SENT, Outcome
+from ._transport import KeepAliveTransport, proxy_configured
 
 __all__ = ["DEFAULT_BASE_URL", "PaygenticExporter", "classify_response", "parse_retry_after"]
 
@@ -65,8 +66,11 @@ def _version() -> str:
         return __version__
 
 
-class _InlineExecutor(concurrent.futures.Executor):
-    """Runs submitted calls on the calling thread (the loop's ``getaddrinfo``): no thread is ever started."""
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs submitted calls on the calling thread (the loop's ``getaddrinfo``): no thread is ever started.
+
+    A ``ThreadPoolExecutor`` subclass only because ``loop.set_default_executor`` insists on one.
+    """
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -202,6 +206,7 @@ class PaygenticExporter:
     def _init_runtime_state(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
+        self._direct: KeepAliveTransport | None = None  # the client's transport, when it is our own
         self._run_lock = threading.Lock()  # one thread runs the private loop at a time
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -270,7 +275,7 @@ class PaygenticExporter:
     def _close_locked(self) -> None:
         self._close_requested = False
         loop, client = self._loop, self._client
-        self._loop = self._client = None
+        self._loop = self._client = self._direct = None
         if loop is None or loop.is_closed():
             return
         try:
@@ -286,8 +291,11 @@ class PaygenticExporter:
         client = self._client
         if client is None:
             n = self._max_in_flight
+            transport = self._transport
+            if transport is None and not proxy_configured(self._url):
+                transport = self._direct = KeepAliveTransport(max_connections=n, keepalive_expiry=5.0)
             client = self._client = httpx.AsyncClient(
-                transport=self._transport,
+                transport=transport,
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=5.0),
                 timeout=self._timeout,
                 follow_redirects=True,
@@ -352,7 +360,15 @@ class PaygenticExporter:
                 extensions={"timeout": self._timeout.as_dict(), "trace": trace},
             )
             try:
-                response = await client.send(request)
+                direct = self._direct
+                if direct is not None:
+                    # Our own transport needs none of the client's cookie, auth or hook machinery, which costs
+                    # about as much CPU per request as the transport itself; redirects still go through it.
+                    response = await direct.handle_async_request(request)
+                    if response.is_redirect:
+                        response = await client.send(request)
+                else:
+                    response = await client.send(request)
             except httpx.TimeoutException as exc:
                 return Outcome("retry", reason=f"network: {type(exc).__name__}")
             except _STALE_CONNECTION_ERRORS as exc:
