@@ -54,7 +54,9 @@ __all__ = [
     "suppressed",
 ]
 
-_MARKER = "_paygentic_costs_patch"
+# The `_self_` prefix keeps the marker on the wrapt wrapper itself: any other name is forwarded to (and would stay on)
+# the wrapped original, so after uninstrument() the restored original would look "already ours" and never be re-patched.
+_MARKER = "_self_paygentic_costs_patch"
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
