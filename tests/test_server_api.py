@@ -148,7 +148,10 @@ def test_idempotency_key_dedups_for_24_hours_per_organisation(
     server: LocalServer, http: httpx.Client, clock: Clock
 ) -> None:
     made = cost(http, eventType="dedup")
-    raw = '{"type":"dedup","source":"a","subject":"c","data":{"amount":5},"timestamp":"2025-03-01T00:00:00Z","idempotencyKey":"job-1"}'
+    raw = (
+        '{"type":"dedup","source":"a","subject":"c","data":{"amount":5},'
+        '"timestamp":"2025-03-01T00:00:00Z","idempotencyKey":"job-1"}'
+    )
     first = body(event(http, raw))
     clock.now += timedelta(hours=23, minutes=59)
     assert body(event(http, raw.replace('"amount":5', '"amount":7')))["id"] == first["id"]
