@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,7 +93,7 @@ class _Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 status, headers, payload = server.fake.respond("POST", self.path, self.rfile.read(length))
                 self.send_response(status)
@@ -103,7 +103,7 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -132,7 +132,9 @@ def transport(request: pytest.FixtureRequest, fake: FakeAnthropic) -> str:
     return str(request.param)
 
 
-def _client_kwargs(transport: str, fake: FakeAnthropic, request: pytest.FixtureRequest, *, is_async: bool) -> dict[str, Any]:
+def _client_kwargs(
+    transport: str, fake: FakeAnthropic, request: pytest.FixtureRequest, *, is_async: bool
+) -> dict[str, Any]:
     if transport == "local_server":
         return {"base_url": request.getfixturevalue("fake_server").url}
     http = http_module()
@@ -146,17 +148,33 @@ def _client_kwargs(transport: str, fake: FakeAnthropic, request: pytest.FixtureR
 
 
 @pytest.fixture
-def client(transport: str, fake: FakeAnthropic, request: pytest.FixtureRequest) -> Iterator[anthropic.Anthropic]:
-    c = anthropic.Anthropic(api_key="test", max_retries=0, **_client_kwargs(transport, fake, request, is_async=False))
-    yield c
-    c.close()
+def make_client(
+    transport: str, fake: FakeAnthropic, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], anthropic.Anthropic]]:
+    """Builds sync clients talking to the fake (each test may need several: before and after instrument())."""
+    made: list[anthropic.Anthropic] = []
+
+    def make() -> anthropic.Anthropic:
+        kwargs = _client_kwargs(transport, fake, request, is_async=False)
+        made.append(anthropic.Anthropic(api_key="test", max_retries=0, **kwargs))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[[], anthropic.Anthropic]) -> anthropic.Anthropic:
+    return make_client()
 
 
 @pytest.fixture
 async def async_client(
     transport: str, fake: FakeAnthropic, request: pytest.FixtureRequest
 ) -> Any:
-    c = anthropic.AsyncAnthropic(api_key="test", max_retries=0, **_client_kwargs(transport, fake, request, is_async=True))
+    kwargs = _client_kwargs(transport, fake, request, is_async=True)
+    c = anthropic.AsyncAnthropic(api_key="test", max_retries=0, **kwargs)
     yield c
     await c.close()
 

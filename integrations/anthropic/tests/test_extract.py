@@ -9,9 +9,9 @@ import pytest
 from anthropic.types import Message, MessageDeltaUsage, RawMessageDeltaEvent, RawMessageStartEvent
 from anthropic.types import Usage as AnthropicUsage
 from anthropic.types.beta import BetaMessage
+from paygentic_costs_anthropic._extract import StreamAccumulator, message_info, normalise, service_tier_of
 
 from paygentic_costs.instrumentation import Usage
-from paygentic_costs_anthropic._extract import StreamAccumulator, message_info, normalise, service_tier_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -108,7 +108,8 @@ def test_one_hour_part_never_exceeds_the_updated_total(delta_written: int) -> No
     accumulator.add({"type": "message_start", "message": {"id": "msg_x", "model": "m", "usage": {
         "input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 2051,
         "cache_creation": {"ephemeral_5m_input_tokens": 51, "ephemeral_1h_input_tokens": 2000}}}})
-    accumulator.add({"type": "message_delta", "usage": {"output_tokens": 3, "cache_creation_input_tokens": delta_written}})
+    accumulator.add({"type": "message_delta",
+                     "usage": {"output_tokens": 3, "cache_creation_input_tokens": delta_written}})
     usage = accumulator.result().usage
     assert usage is not None
     assert usage.cache_write_1h_tokens == min(2000, delta_written)
