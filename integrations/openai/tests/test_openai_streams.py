@@ -1,0 +1,240 @@
+"""Streams: the injected include_usage is invisible, abandoned streams finish exactly once, nothing is invented."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import paygentic_costs as pc
+from paygentic_costs.instrumentation import SyncStreamProxy
+from paygentic_costs.testing import Capture
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+CHAT_AMOUNT = Decimal("0.0016025")
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Prove finalization came from close/exit, not from a garbage collection in between."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _chunks(stream: Any) -> list[dict[str, Any]]:
+    return [chunk.model_dump() for chunk in stream]
+
+
+def test_injected_include_usage_is_invisible(costs: Capture, client: Any, fake: Any) -> None:
+    pc.uninstrument("openai")
+    bare = _chunks(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert "stream_options" not in fake.requests[-1]["body"]
+    pc.instrument("openai")
+    with pc.job("j", customer="cus_1"):
+        seen = _chunks(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}  # asked for on the wire...
+    assert seen == bare  # ...and the extra usage-only chunk never reached the caller
+    assert all(chunk["choices"] for chunk in seen)
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+
+
+async def test_injected_include_usage_is_invisible_async(costs: Capture, async_client: Any, fake: Any) -> None:
+    pc.uninstrument("openai")
+    bare = [c.model_dump() async for c in await async_client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True)]
+    pc.instrument("openai")
+    with pc.job("j", customer="cus_1"):
+        seen = [c.model_dump() async for c in await async_client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True)]
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert seen == bare
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+def test_stream_helper_sees_the_same_events_and_final_completion(
+    costs: Capture, client: Any, chat_helpers: Any
+) -> None:
+    def run() -> tuple[list[str], dict[str, Any]]:
+        with chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES) as stream:
+            types = [event.type for event in stream]
+            return types, stream.get_final_completion().model_dump()
+
+    pc.uninstrument("openai")
+    bare = run()
+    pc.instrument("openai")
+    with pc.job("j", customer="cus_1"):
+        seen = run()
+    assert seen == bare
+    assert seen[1]["usage"] is None  # as without instrumentation: the helper never saw our usage chunk
+    assert len(costs.events) == 1
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+def test_caller_asked_usage_sees_the_usage_chunk(costs: Capture, client: Any, fake: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        chunks = list(client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1117
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+def test_other_stream_options_are_kept(costs: Capture, client: Any, fake: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        chunks = list(client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_obfuscation": False}))
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert all(c.choices for c in chunks)
+    assert len(costs.events) == 1
+
+
+def test_break_on_finish_reason_then_abandon_records_usage_once(costs: Capture, client: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        for chunk in stream:
+            if chunk.choices[0].finish_reason is not None:
+                break  # the common pattern: the usage chunk comes after this one
+    del stream
+    gc.collect()
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+    assert pc.stats()["usage_missing"] == 0
+
+
+@pytest.mark.parametrize("transport", ["mock"])  # one run: the core logs a given call site once per 20 s
+def test_abandoned_before_usage_invents_nothing_and_names_the_call_site(
+    costs: Capture, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="paygentic_costs")
+    with pc.job("j", customer="cus_1"):
+        stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        for _ in stream:
+            break
+    del stream
+    gc.collect()
+    assert costs.events == []
+    assert pc.stats()["usage_missing"] == 1
+    assert any("usage" in r.getMessage() and "test_openai_streams.py:" in r.getMessage() for r in caplog.records)
+
+
+async def test_async_abandoned_streams(costs: Capture, async_client: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        stream = await async_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        async for chunk in stream:
+            if chunk.choices[0].finish_reason is not None:
+                break
+        del stream
+        stream = await async_client.responses.create(model="gpt-5", input="Hi", stream=True)
+        async for _ in stream:
+            break  # before response.completed: no usage yet
+        del stream
+    gc.collect()
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+    assert pc.stats()["usage_missing"] == 1
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+@pytest.mark.usefixtures("no_gc")
+def test_helper_early_exit_finishes_at_exit(costs: Capture, client: Any, chat_helpers: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        with chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES) as stream:
+            assert isinstance(stream._raw_stream, SyncStreamProxy)  # the helper field the close patch relies on
+            for _ in stream:
+                break
+        assert pc.stats()["usage_missing"] == 1  # at the with-exit, not at a later collection
+        with client.responses.stream(model="gpt-5", input="Hi") as rstream:
+            for _ in rstream:
+                break
+        assert pc.stats()["usage_missing"] == 2
+    assert costs.events == []
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+@pytest.mark.usefixtures("no_gc")
+async def test_async_helper_early_exit_finishes_at_exit(costs: Capture, async_client: Any, chat_helpers: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        async with chat_helpers(async_client).stream(model="gpt-4o", messages=MESSAGES) as stream:
+            async for _ in stream:
+                break
+        assert pc.stats()["usage_missing"] == 1
+        async with async_client.responses.stream(model="gpt-5", input="Hi") as rstream:
+            async for _ in rstream:
+                break
+        assert pc.stats()["usage_missing"] == 2
+
+
+def test_close_and_with_finish_exactly_once(costs: Capture, client: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        with client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True) as stream:
+            chunks = list(stream)
+        stream.close()
+        responses = client.responses.create(model="gpt-5", input="Hi", stream=True)
+        list(responses)
+        responses.close()
+    del stream, responses
+    gc.collect()
+    assert len(chunks) == 11
+    assert [e.data["operation"] for e in costs.events] == ["chat.completions", "responses"]
+    assert pc.stats()["usage_missing"] == 0
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+def test_raw_stream_is_not_extended(costs: Capture, client: Any, fake: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        chunks = list(raw.parse())
+        assert raw.parse() is raw.parse()  # every parse() hands out the same (proxied) stream, like the SDK's cache
+    assert "stream_options" not in fake.requests[-1]["body"]  # the raw body is the caller's bytes: not altered
+    assert all(c.choices for c in chunks)
+    assert costs.events == []
+    assert pc.stats()["usage_missing"] == 1
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+def test_unparsed_raw_response_counts_usage_missing_when_collected(costs: Capture, client: Any) -> None:
+    with pc.job("j", customer="cus_1"):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+        assert raw.headers["x-request-id"] == "req_0123456789abcdef"
+    del raw
+    gc.collect()
+    assert costs.events == []
+    assert pc.stats()["usage_missing"] == 1
+
+
+class _Broken(Exception):
+    pass
+
+
+def test_stream_error_propagates_unchanged_and_invents_nothing(costs: Capture, http_lib: Any) -> None:
+    import openai
+
+    boom = _Broken("connection dropped")
+    head = b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06",' \
+           b'"choices":[{"index":0,"delta":{"content":"He"},"finish_reason":null}]}\n\n'
+
+    def body() -> Iterator[bytes]:
+        yield head
+        raise boom
+
+    def handler(request: Any) -> Any:
+        return http_lib.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    sdk = openai.OpenAI(api_key="t", base_url="http://fake.test/v1", max_retries=0,
+                        http_client=http_lib.Client(transport=http_lib.MockTransport(handler)))
+    with pc.job("j", customer="cus_1"):
+        stream = sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        with pytest.raises(_Broken) as raised:
+            for _ in stream:
+                pass
+    assert raised.value is boom
+    assert costs.events == []
+    assert pc.stats()["usage_missing"] == 1
