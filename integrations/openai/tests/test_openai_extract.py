@@ -1,0 +1,93 @@
+"""Pure extraction: SDK response types in, normalised ``Usage`` buckets out (no client, no runtime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from openai.types import CompletionUsage, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseUsage
+
+from paygentic_costs.instrumentation import Usage
+from paygentic_costs_openai._extract import (
+    chat_usage,
+    chunk_is_usage_only,
+    embeddings_usage,
+    reported_from_result,
+    responses_usage,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _load(name: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_chat_fixture() -> None:
+    completion = ChatCompletion.model_validate(_load("openai_chat.json"))
+    assert chat_usage(completion.usage) == Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
+    reported = reported_from_result("chat.completions", completion)
+    assert reported is not None
+    assert (reported.model, reported.request_id, reported.service_tier) == (
+        "gpt-4o-2024-08-06", "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "default")
+
+
+def test_chat_reasoning_audio_and_cache_write_are_parts_of_the_totals() -> None:
+    usage = CompletionUsage.model_validate({
+        "prompt_tokens": 500, "completion_tokens": 300, "total_tokens": 800,
+        "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 50, "cache_write_tokens": 200},
+        "completion_tokens_details": {"reasoning_tokens": 250, "audio_tokens": 20},
+    })
+    assert chat_usage(usage) == Usage(
+        input_tokens=500, output_tokens=300, cache_read_tokens=100, cache_write_tokens=200,
+        input_audio_tokens=50, reasoning_tokens=250, output_audio_tokens=20,
+    )
+
+
+def test_chat_without_details_and_without_usage() -> None:
+    usage = CompletionUsage(prompt_tokens=3, completion_tokens=0, total_tokens=3)
+    assert chat_usage(usage) == Usage(input_tokens=3, output_tokens=0)
+    assert chat_usage(None) is None
+
+
+def test_responses_fixture() -> None:
+    response = Response.model_validate(_load("openai_responses.json"))
+    assert responses_usage(response.usage) == Usage(
+        input_tokens=1536, output_tokens=612, cache_read_tokens=1280, reasoning_tokens=448)
+    reported = reported_from_result("responses", response)
+    assert reported is not None
+    assert (reported.model, reported.service_tier) == ("gpt-5-2025-08-07", "default")
+    assert reported.request_id == "resp_68af4030592c81938ec0a5fbab4a3e9f05438e46b5f69a3b"
+
+
+def test_responses_usage_from_a_lenient_body() -> None:
+    # OpenAI-compatible hosts omit fields the SDK types call required; non-strict parsing leaves them unset.
+    usage = ResponseUsage.construct(input_tokens=7, output_tokens=2, total_tokens=9)
+    assert responses_usage(usage) == Usage(input_tokens=7, output_tokens=2)
+    assert responses_usage(None) is None
+
+
+def test_embeddings_fixture() -> None:
+    body = _load("openai_embeddings.json")
+    body["data"][0]["embedding"] = [0.1, 0.2]  # the wire form is base64; the SDK decodes it before validation
+    response = CreateEmbeddingResponse.model_validate(body)
+    assert embeddings_usage(response) == Usage(input_tokens=8)
+    reported = reported_from_result("embeddings", response)
+    assert reported is not None and reported.model == "text-embedding-3-small"
+
+
+def test_a_result_of_another_type_is_not_read() -> None:
+    completion = ChatCompletion.model_validate(_load("openai_chat.json"))
+    assert reported_from_result("responses", completion) is None
+    assert reported_from_result("chat.completions", {"usage": {}}) is None
+
+
+def test_only_the_usage_chunk_is_usage_only() -> None:
+    lines = [json.loads(line[6:]) for line in (FIXTURES / "openai_chat_stream.sse").read_text().splitlines()
+             if line.startswith("data: {")]
+    chunks = [ChatCompletionChunk.model_validate(line) for line in lines]
+    assert [chunk_is_usage_only(c) for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chat_usage(chunks[-1].usage) == Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
+    assert not chunk_is_usage_only({"choices": [], "usage": {}})
