@@ -214,13 +214,6 @@ def day_start(day: date) -> float:
     return calendar.timegm(day.timetuple())
 
 
-def _tier_price(tiered: Tiered, input_tokens: int) -> Decimal:
-    for start, price in tiered.tiers:
-        if input_tokens > start:
-            return price
-    return tiered.base
-
-
 def build_plan(
     prices: Mapping[str, tuple[PriceValue, int]],
     *,
@@ -251,7 +244,6 @@ def build_plan(
         "NEW": _new,
         "PRICE": Price,
         "PROXY": MappingProxyType,
-        "TIER": _tier_price,
         "CURRENCY": currency,
         "RATE_ID": rate_id,
         "SET_AMOUNT": _SETTERS[0],
@@ -288,8 +280,14 @@ def build_plan(
         env[f"BUCKET_{i}"] = buckets[i]
         lines.append(f"    if c{i}:")
         if isinstance(value, Tiered):
-            env[f"TIERS_{i}"] = value.per(per)
-            lines.append(f"        amount = TIER(TIERS_{i}, inp) * c{i}")
+            # Inline conditional expressions, highest threshold first: no call per bucket.
+            tiered = value.per(per)
+            env[f"PRICE_{i}"] = tiered.base
+            expr = f"PRICE_{i}"
+            for k, (start, tier_price) in enumerate(reversed(tiered.tiers)):
+                env[f"PRICE_{i}_{k}"] = tier_price
+                expr = f"(PRICE_{i}_{k} if inp > {int(start)} else {expr})"
+            lines.append(f"        amount = {expr} * c{i}")
         else:
             env[f"PRICE_{i}"] = _per(value, per)
             lines.append(f"        amount = PRICE_{i} * c{i}")
