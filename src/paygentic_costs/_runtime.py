@@ -6,8 +6,6 @@ so decorators and context managers are safe to use before (or without) ``configu
 
 from __future__ import annotations
 
-import logging
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,11 +67,6 @@ def _build_exporter(settings: Settings) -> Exporter:
         "paygentic_costs: no API key configured (PAYGENTIC_API_KEY), so cost events are printed to stderr instead "
         "of sent. Pass configure(api_key=...) or set PAYGENTIC_API_KEY to send them to Paygentic."
     )
-    if not logging.getLogger().handlers and not public_logger.handlers:
-        print(
-            "paygentic_costs: no API key configured (PAYGENTIC_API_KEY); printing cost events to stderr instead.",
-            file=sys.stderr,
-        )
     return ConsoleExporter()
 
 

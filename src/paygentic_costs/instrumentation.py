@@ -187,12 +187,13 @@ class Instrumentor(ABC):
     def _apply(self, patch: Patch) -> None:
         try:
             owner, attribute = _resolve(patch.module, patch.target)
+            # The raw class-dict entry, so static/class methods and descriptors are restored exactly.
+            in_dict = isinstance(owner, type) and attribute in owner.__dict__
+            original = owner.__dict__[attribute] if in_dict else getattr(owner, attribute)
         except (ImportError, AttributeError):
             if patch.optional:
-                return
+                return  # absent in this SDK version: nothing to patch, by declaration
             raise
-        # Read the raw attribute from the class dict so static/class methods and descriptors are restored exactly.
-        original = owner.__dict__[attribute] if isinstance(owner, type) and attribute in owner.__dict__ else getattr(owner, attribute)
         if getattr(original, _MARKER, False):
             return  # already ours (e.g. a second instrumentor instance): never wrap twice
         patched = wrapt.FunctionWrapper(original, patch.wrapper)
