@@ -248,6 +248,19 @@ def test_raw_stream_is_recorded_when_its_parsed_stream_is_read(
     assert event.data["output_tokens"] == 12
 
 
+async def test_async_streaming_response_stream_is_recorded_when_read(
+    async_client: anthropic.AsyncAnthropic, req: dict[str, Any], instrumented: None
+) -> None:
+    with pc.job("j", customer="cus_1"), capture() as costs:
+        async with async_client.messages.with_streaming_response.create(**req, stream=True) as response:
+            stream = await response.parse()
+            assert isinstance(stream, anthropic.AsyncStream)
+            assert [e.type async for e in stream][-1] == "message_stop"
+    (event,) = costs.events
+    assert event.data["request_id"] == STREAM_ID
+    assert event.amount == Decimal("0.00790725")
+
+
 # -- instrument / uninstrument ------------------------------------------------------------------------------------
 
 
