@@ -60,7 +60,8 @@ def event_bodies(count: int, run: str) -> list[bytes]:
     """``count`` distinct cost events, as an exporter would send them."""
     return [
         (
-            f'{{"type":"cost.ai.inference","source":"bench","subject":"cus_{i % 50}","timestamp":"2025-03-01T12:00:00Z",'
+            f'{{"type":"cost.ai.inference","source":"bench","subject":"cus_{i % 50}",'
+            f'"timestamp":"2025-03-01T12:00:00Z",'
             f'"idempotencyKey":"{run}-{i}","data":{{"amount":0.0042,"currency":"USD","provider":"openai",'
             f'"model":"gpt-4o-mini","input_tokens":1200,"output_tokens":300}}}}'
         ).encode()
@@ -98,10 +99,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
     print(f"machine: nproc={os.cpu_count()} cpu={cpu!r} python={platform.python_version()}")
-    print(f"versions: fastapi={version('fastapi')} uvicorn={version('uvicorn')} httpx={version('httpx')} "
-          f"sqlite={__import__('sqlite3').sqlite_version}")
+    print(
+        f"versions: fastapi={version('fastapi')} uvicorn={version('uvicorn')} httpx={version('httpx')} "
+        f"sqlite={__import__('sqlite3').sqlite_version}"
+    )
     results: dict[str, list[float]] = {"sequential": [], f"{args.concurrency} threads": []}
     with server_process() as url:
         token = f"sk_bench_{uuid.uuid4().hex}"
@@ -117,8 +121,10 @@ def main() -> None:
     expected = 1 + args.events * args.rounds * 2
     print(f"stored {stored} of {expected} events sent")
     for label, rates in results.items():
-        print(f"bare httpx, {label}: median {statistics.median(rates):,.0f} events/s "
-              f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")
+        print(
+            f"bare httpx, {label}: median {statistics.median(rates):,.0f} events/s "
+            f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})"
+        )
 
 
 if __name__ == "__main__":
