@@ -25,13 +25,6 @@ When = datetime | str
 class Unset:
     """Marker for "leave this field as it is" in :meth:`Client.update_cost` (``None`` means clear)."""
 
-    _instance: Unset | None = None
-
-    def __new__(cls) -> Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
     def __repr__(self) -> str:
         return "UNSET"
 
