@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import genai_prices
@@ -101,8 +102,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, provider, model, usage in CASES:
             gu = genai_usage(usage)
-            a = sample(lambda p=provider, m=model, u=usage: table.price_llm(p, m, u), args.calls)
-            b = sample(lambda m=model, p=provider, g=gu: genai_prices.calc_price(g, m, provider_id=p), args.calls // 20)
+            a = sample(partial(table.price_llm, provider, model, usage), args.calls)
+            b = sample(partial(genai_prices.calc_price, gu, model, provider_id=provider), args.calls // 20)
             ours[name] += a
             theirs[name] += b
             ratios[name].append(statistics.median(b) / statistics.median(a))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import textwrap
+import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -138,7 +138,9 @@ def test_breakdown_names_buckets() -> None:
 
 def test_missing_cache_and_reasoning_prices_fall_back() -> None:
     table = RateTable.from_toml(FULL)
-    u = Usage(input_tokens=1_000, output_tokens=400, cache_read_tokens=300, cache_write_tokens=200, reasoning_tokens=100)
+    u = Usage(
+        input_tokens=1_000, output_tokens=400, cache_read_tokens=300, cache_write_tokens=200, reasoning_tokens=100
+    )
     price = priced(table.price_llm_detailed("acme", "plain", u))
     # Cache buckets at the input price, reasoning at the output price: the same as if they were plain tokens.
     assert price.amount == 1_000 * Decimal("0.15") / MTOK + 400 * Decimal("0.60") / MTOK
@@ -266,7 +268,7 @@ def test_date_effective_switching(tmp_path: Path) -> None:
     assert priced(at(datetime(2025, 1, 1, tzinfo=utc))).amount == 1
     assert priced(at(datetime(2025, 12, 31, 23, 59, 59, 999999, tzinfo=utc))).amount == 1
     switched = priced(at(datetime(2026, 1, 1, tzinfo=utc)))
-    assert (switched.amount, switched.rate_id) == (2, "file:acme:dated@2026-01-01")
+    assert (switched.amount, switched.rate_id) == (Decimal(2), "file:acme:dated@2026-01-01")
     assert priced(at(datetime(2026, 6, 30, 12))).amount == 2  # naive = UTC
     assert priced(at(datetime(2030, 1, 1, tzinfo=utc))).amount == 3
     # Dates are UTC days: 2025-12-31 20:00 in New York is already 2026-01-01 in UTC.
@@ -283,7 +285,7 @@ def test_not_yet_effective_file_entry_falls_through_to_catalog() -> None:
     now = priced(table.price_llm_detailed("openai", "gpt-4o", u))
     assert now.rate_id.startswith("genai-prices:")
     future = priced(table.price_llm_detailed("openai", "gpt-4o", u, at=datetime(2099, 1, 2)))
-    assert (future.amount, future.rate_id) == (1, "file:openai:gpt-4o@2099-01-01")
+    assert (future.amount, future.rate_id) == (Decimal(1), "file:openai:gpt-4o@2099-01-01")
 
 
 def test_fx_converts_catalog_prices_only() -> None:
@@ -297,7 +299,7 @@ def test_fx_converts_catalog_prices_only() -> None:
     assert in_eur.rate_id == in_usd.rate_id + ";fx=USD:0.92"
     assert {k: v * Decimal("0.92") for k, v in in_usd.breakdown.items()} == dict(in_eur.breakdown)
     file_price = priced(eur.price_llm_detailed("acme", "m", Usage(input_tokens=1_000_000)))
-    assert (file_price.amount, file_price.currency) == (1, "EUR")
+    assert (file_price.amount, file_price.currency) == (Decimal(1), "EUR")
 
 
 def test_no_fx_rate_leaves_catalog_prices_unpriced() -> None:
@@ -377,7 +379,7 @@ def test_price_api_dates() -> None:
     table = RateTable.from_toml(API)
     assert table.price_api("acme", "dated", at=datetime(2025, 6, 1)).amount == 1  # type: ignore[union-attr]
     later = table.price_api("acme", "dated", at=datetime(2026, 6, 1))
-    assert later is not None and (later.amount, later.rate_id) == (2, "file:api:acme:dated@2026-01-01")
+    assert later is not None and (later.amount, later.rate_id) == (Decimal(2), "file:api:acme:dated@2026-01-01")
 
 
 def test_price_compute_exact() -> None:

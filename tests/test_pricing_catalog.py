@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from statistics import median
@@ -188,9 +189,9 @@ def test_missing_bucket_prices_are_unpriced_not_cheaper() -> None:
         "unpriced_bucket:web_search_requests"
     )
     # A non-Anthropic model with no 1-hour cache price.
-    assert TABLE.price_llm_detailed(
-        "openai", "gpt-4o", Usage(input_tokens=10, cache_write_1h_tokens=5)
-    ) == Unpriced("unpriced_bucket:cache_write_1h_tokens")
+    assert TABLE.price_llm_detailed("openai", "gpt-4o", Usage(input_tokens=10, cache_write_1h_tokens=5)) == Unpriced(
+        "unpriced_bucket:cache_write_1h_tokens"
+    )
 
 
 def test_catalog_model_without_prices_is_never_zero() -> None:
@@ -231,12 +232,11 @@ def test_updated_snapshot_is_picked_up() -> None:
     assert table.price_llm_detailed("openai", "gpt-4o", u) == original
 
 
-def _median_ns(fn: object, n: int) -> float:
-    call = fn  # type: ignore[assignment]
+def _median_ns(fn: Callable[[], object], n: int) -> float:
     samples = []
     for _ in range(n):
         start = time.perf_counter_ns()
-        call()  # type: ignore[operator]
+        fn()
         samples.append(time.perf_counter_ns() - start)
     return median(samples)
 

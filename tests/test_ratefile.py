@@ -163,7 +163,7 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"rates\.toml: not valid TOML"):
         RateTable.from_file(path)
     missing = tmp_path / "nope.toml"
-    with pytest.raises(ConfigurationError, match="nope.toml: cannot read rate file"):
+    with pytest.raises(ConfigurationError, match=r"nope\.toml: cannot read rate file"):
         RateTable.from_file(missing)
     with pytest.raises(ConfigurationError, match="<toml>: not valid TOML"):
         RateTable.from_toml("a = ")
