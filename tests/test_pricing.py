@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 import threading
 from datetime import datetime, timedelta, timezone
@@ -452,3 +453,11 @@ def test_concurrent_first_use_is_consistent() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_plan_built_prices_are_ordinary_prices() -> None:
+    # Plans fill Price's slots directly for speed; this pins the fields they fill.
+    assert [f.name for f in dataclasses.fields(Price)] == ["amount", "currency", "rate_id", "breakdown"]
+    price = priced(FULL_TABLE.price_llm_detailed("acme", "plain", Usage(input_tokens=7, output_tokens=3)))
+    assert price == Price(price.amount, price.currency, price.rate_id, dict(price.breakdown))
+    assert hash(price.rate_id) and repr(price).startswith("Price(amount=Decimal(")
