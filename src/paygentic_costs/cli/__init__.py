@@ -15,7 +15,7 @@ __all__ = ["main"]
 Command = Callable[[argparse.Namespace], int]
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     """Run the local Paygentic-compatible server (development, tests and demos only; needs the [server] extra)."""
     try:
         from ..server import serve
@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     """Start a local server and a simulated provider, run a multi-customer workload through the real SDKs, and
     print the cost per customer, by provider and operation, and per hour."""
     from ._demo import run_demo
@@ -35,28 +35,28 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(jobs_per_customer=args.jobs, keep_serving=args.keep_serving)
 
 
-def _summary(args: argparse.Namespace) -> int:
+def _cmd_summary(args: argparse.Namespace) -> int:
     """Show each cost metric's total over a period (any Paygentic-compatible server); a table, or --json."""
     from ._summary import run_summary
 
     return run_summary(args)
 
 
-def _doctor(args: argparse.Namespace) -> int:
+def _cmd_doctor(args: argparse.Namespace) -> int:
     """Check the set-up: installed SDKs and integrations, the endpoint, and whether the key works (never shown)."""
     from ._doctor import run_doctor
 
     return run_doctor(args)
 
 
-def _rates_show(args: argparse.Namespace) -> int:
+def _cmd_rates_show(args: argparse.Namespace) -> int:
     """Show the price of PROVIDER:MODEL per million tokens of each bucket, and which rate entry supplies it."""
     from ._rates import run_rates_show
 
     return run_rates_show(args)
 
 
-def _reprice(args: argparse.Namespace) -> int:
+def _cmd_reprice(args: argparse.Namespace) -> int:
     """Price held (unpriced) usage with the current rate file and send what now has a price."""
     import paygentic_costs as pc
 
@@ -91,16 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    serve = add("serve", _serve)
+    serve = add("serve", _cmd_serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8787)
     serve.add_argument("--db", default="paygentic-local.db", help="SQLite file (default: ./paygentic-local.db)")
 
-    demo = add("demo", _demo)
+    demo = add("demo", _cmd_demo)
     demo.add_argument("--jobs", type=int, default=4, help="jobs per customer (default 4)")
     demo.add_argument("--keep-serving", action="store_true", help="keep the local server running afterwards")
 
-    summary = add("summary", _summary)
+    summary = add("summary", _cmd_summary)
     _add_connection(summary)
     summary.add_argument("--cost", action="append", dest="costs", help="cost id (repeatable; default: all costs)")
     summary.add_argument("--hours", type=float, default=24.0, help="period: the last N hours (default 24)")
@@ -108,17 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--customer", help="only this customer (subject)")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    doctor = add("doctor", _doctor)
+    doctor = add("doctor", _cmd_doctor)
     _add_connection(doctor)
 
     rates = add("rates", lambda a: (rates.print_help(), 2)[1])  # `rates` alone prints its help
     rates_cmds = rates.add_subparsers(dest="rates_command", metavar="ACTION")
-    show = rates_cmds.add_parser("show", help=(_rates_show.__doc__ or "").strip(), description=_rates_show.__doc__)
+    show = rates_cmds.add_parser("show", help=(_cmd_rates_show.__doc__ or "").strip(), description=_cmd_rates_show.__doc__)
     show.add_argument("model", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini")
     show.add_argument("--rates", help="rate file (default: PAYGENTIC_COSTS_RATES)")
-    show.set_defaults(handler=_rates_show)
+    show.set_defaults(handler=_cmd_rates_show)
 
-    reprice = add("reprice", _reprice)
+    reprice = add("reprice", _cmd_reprice)
     reprice.add_argument("--rates", help="rate file (default: PAYGENTIC_COSTS_RATES)")
     reprice.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
     return parser
