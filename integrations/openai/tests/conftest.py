@@ -3,6 +3,7 @@ a configured runtime with captured events, and a clean slate (uninstrumented, fr
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Iterator
@@ -19,10 +20,9 @@ from paygentic_costs import _guard  # noqa: E402
 from paygentic_costs.export import InMemoryExporter  # noqa: E402
 from paygentic_costs.testing import Capture, capture  # noqa: E402
 
-try:  # openai >= 3 speaks httpx2; 1.x/2.x use httpx (whose MockTransport 3.x also accepts via http_client=)
-    import httpx2 as httpx_mod
-except ImportError:  # the oldest-version run (tests/run_oldest.sh)
-    import httpx as httpx_mod  # type: ignore[no-redef]
+# Version branch: openai 3.x speaks httpx2, older releases httpx. DefaultHttpxClient subclasses whichever this SDK uses,
+# so the mock transport and the test's own clients always match the SDK under test (tests/run_oldest.sh).
+httpx_mod = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"

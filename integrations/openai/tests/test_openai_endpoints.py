@@ -3,11 +3,15 @@ pinned rate file to the exact Decimal, with the model, id and normalised buckets
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
+from openai.types.responses import Response
 
 import paygentic_costs as pc
 from paygentic_costs.testing import Capture
@@ -38,6 +42,22 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
 }
 CHAT_ID = "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT"
+
+
+def _sdk_reads_the_responses_fixture() -> bool:
+    try:
+        Response.model_validate(json.loads((Path(__file__).parent / "fixtures" / "openai_responses.json").read_text()))
+    except pydantic.ValidationError:
+        return False
+    return True
+
+
+# Version branch: openai 1.66's Responses types predate the recorded (2025-08) reasoning item, and its .stream() helper
+# fails on this fixture with or without instrumentation; every other variant still parses it leniently.
+OLD_RESPONSES_TYPES = pytest.mark.skipif(
+    not _sdk_reads_the_responses_fixture(),
+    reason="this openai version's .stream() helper cannot parse the recorded Responses fixture, even uninstrumented",
+)
 CHAT_STREAM_ID = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
 
 
@@ -134,7 +154,7 @@ def embeddings_streaming_response(c: Any, h: Any) -> None:
 
 
 # (variant, endpoint, streamed) — streamed chat calls report the stream's chunk id
-SYNC: list[tuple[Callable[[Any, Any], None], str, bool]] = [
+SYNC: list[Any] = [
     (chat_create, "chat", False),
     (chat_create_stream, "chat", True),
     (chat_parse, "chat", False),
@@ -146,7 +166,7 @@ SYNC: list[tuple[Callable[[Any, Any], None], str, bool]] = [
     (responses_create, "responses", False),
     (responses_create_stream, "responses", True),
     (responses_parse, "responses", False),
-    (responses_stream_helper, "responses", True),
+    pytest.param(responses_stream_helper, "responses", True, marks=OLD_RESPONSES_TYPES),
     (responses_raw, "responses", False),
     (responses_streaming_response, "responses", False),
     (responses_raw_stream, "responses", True),
@@ -236,7 +256,7 @@ async def aembeddings_streaming_response(c: Any, h: Any) -> None:
         await response.parse()
 
 
-ASYNC: list[tuple[Callable[[Any, Any], Awaitable[None]], str, bool]] = [
+ASYNC: list[Any] = [
     (achat_create, "chat", False),
     (achat_create_stream, "chat", True),
     (achat_parse, "chat", False),
@@ -247,13 +267,17 @@ ASYNC: list[tuple[Callable[[Any, Any], Awaitable[None]], str, bool]] = [
     (aresponses_create, "responses", False),
     (aresponses_create_stream, "responses", True),
     (aresponses_parse, "responses", False),
-    (aresponses_stream_helper, "responses", True),
+    pytest.param(aresponses_stream_helper, "responses", True, marks=OLD_RESPONSES_TYPES),
     (aresponses_raw, "responses", False),
     (aresponses_streaming_response, "responses", False),
     (aembeddings_create, "embeddings", False),
     (aembeddings_raw, "embeddings", False),
     (aembeddings_streaming_response, "embeddings", False),
 ]
+
+
+def _name(case: Any) -> str:
+    return str((case.values if hasattr(case, "values") else case)[0].__name__)
 
 
 def _check(costs: Capture, endpoint: str, streamed: bool) -> None:
@@ -278,7 +302,7 @@ def _check(costs: Capture, endpoint: str, streamed: bool) -> None:
     assert pc.stats()["usage_missing"] == 0
 
 
-@pytest.mark.parametrize(("variant", "endpoint", "streamed"), SYNC, ids=[v.__name__ for v, _, _ in SYNC])
+@pytest.mark.parametrize(("variant", "endpoint", "streamed"), SYNC, ids=[_name(v) for v in SYNC])
 def test_sync_variant_records_one_exact_event(
     costs: Capture, client: Any, chat_helpers: Any, variant: Callable[[Any, Any], None], endpoint: str, streamed: bool
 ) -> None:
@@ -287,7 +311,7 @@ def test_sync_variant_records_one_exact_event(
     _check(costs, endpoint, streamed)
 
 
-@pytest.mark.parametrize(("variant", "endpoint", "streamed"), ASYNC, ids=[v.__name__ for v, _, _ in ASYNC])
+@pytest.mark.parametrize(("variant", "endpoint", "streamed"), ASYNC, ids=[_name(v) for v in ASYNC])
 async def test_async_variant_records_one_exact_event(
     costs: Capture,
     async_client: Any,
@@ -305,6 +329,8 @@ async def test_async_variant_records_one_exact_event(
 def test_uninstrumented_variants_record_nothing(costs: Capture, client: Any, chat_helpers: Any) -> None:
     pc.uninstrument("openai")
     with pc.job("j", customer="cus_1"):
-        for variant, _, _ in SYNC:
-            variant(client, chat_helpers)
+        for case in SYNC:
+            variant = case.values[0] if hasattr(case, "values") else case[0]
+            if variant is not responses_stream_helper or _sdk_reads_the_responses_fixture():
+                variant(client, chat_helpers)
     assert costs.events == []

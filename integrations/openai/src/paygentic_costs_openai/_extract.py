@@ -21,6 +21,7 @@ __all__ = [
     "Reported",
     "chat_usage",
     "chunk_is_usage_only",
+    "detail",
     "embeddings_usage",
     "reported_from_result",
     "responses_usage",
@@ -43,6 +44,14 @@ def _count(value: Any) -> int | None:
     return None
 
 
+def detail(details: Any, name: str) -> Any:
+    # Version branch: SDKs older than a field (e.g. ResponseUsage.input_tokens_details before 1.67) keep it as a plain
+    # dict (the SDK models allow extra fields), so read dicts and models alike; a missing field reads None.
+    if isinstance(details, dict):
+        return details.get(name)
+    return getattr(details, name, None)
+
+
 def chat_usage(usage: CompletionUsage | None) -> Usage | None:
     """Normalise a chat-completions ``CompletionUsage`` (also the usage chunk of a stream).
 
@@ -61,18 +70,19 @@ def chat_usage(usage: CompletionUsage | None) -> Usage | None:
         output_tokens=_count(usage.completion_tokens),
         cache_read_tokens=_positive(prompt.cached_tokens) if prompt is not None else None,
         # ``cache_write_tokens`` appeared in late 2.x SDKs; getattr keeps older versions (field absent) working.
-        cache_write_tokens=_positive(getattr(prompt, "cache_write_tokens", None)) if prompt is not None else None,
+        cache_write_tokens=_positive(detail(prompt, "cache_write_tokens")) if prompt is not None else None,
         input_audio_tokens=_positive(prompt.audio_tokens) if prompt is not None else None,
         reasoning_tokens=_positive(completion.reasoning_tokens) if completion is not None else None,
         output_audio_tokens=_positive(completion.audio_tokens) if completion is not None else None,
     )
 
 
-def responses_usage(usage: ResponseUsage | None) -> Usage | None:
+def responses_usage(usage: ResponseUsage | dict[str, Any] | None) -> Usage | None:
     """Normalise a Responses-API ``ResponseUsage`` (non-streaming, or from ``response.completed``).
 
     Args:
-        usage: ``Response.usage``; None for queued/in-progress background responses.
+        usage: ``Response.usage`` (a plain dict when an older SDK could not build the model); None for
+            queued/in-progress background responses.
 
     Returns:
         The normalised usage, or None when the provider reported none.
@@ -81,15 +91,15 @@ def responses_usage(usage: ResponseUsage | None) -> Usage | None:
         return None
     # The details objects are typed as required, but non-strict parsing leaves them unset when a server omits
     # them (OpenAI-compatible hosts do); read them defensively.
-    inp = getattr(usage, "input_tokens_details", None)
-    out = getattr(usage, "output_tokens_details", None)
+    inp = detail(usage, "input_tokens_details")
+    out = detail(usage, "output_tokens_details")
     return Usage(
-        input_tokens=_count(usage.input_tokens),
-        output_tokens=_count(usage.output_tokens),
-        cache_read_tokens=_positive(getattr(inp, "cached_tokens", None)),
+        input_tokens=_count(detail(usage, "input_tokens")),
+        output_tokens=_count(detail(usage, "output_tokens")),
+        cache_read_tokens=_positive(detail(inp, "cached_tokens")),
         # Newer field (typed required since 3.x, absent on older servers and SDKs): None when missing.
-        cache_write_tokens=_positive(getattr(inp, "cache_write_tokens", None)),
-        reasoning_tokens=_positive(getattr(out, "reasoning_tokens", None)),
+        cache_write_tokens=_positive(detail(inp, "cache_write_tokens")),
+        reasoning_tokens=_positive(detail(out, "reasoning_tokens")),
     )
 
 

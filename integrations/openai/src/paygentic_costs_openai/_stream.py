@@ -17,7 +17,7 @@ from openai.types.responses import ResponseCompletedEvent, ResponseFailedEvent, 
 
 from paygentic_costs.instrumentation import AsyncStreamProxy, CallHandle, SyncStreamProxy
 
-from ._extract import chat_usage, chunk_is_usage_only, responses_usage
+from ._extract import detail, chat_usage, chunk_is_usage_only, responses_usage
 
 __all__ = [
     "AsyncHidingChatStream",
@@ -29,6 +29,7 @@ __all__ = [
 
 # The three events that end a Responses stream; each carries the full ``response`` with its ``usage``.
 _TERMINAL_EVENTS = (ResponseCompletedEvent, ResponseIncompleteEvent, ResponseFailedEvent)
+_TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _NOTHING: Any = object()
 
 
@@ -102,11 +103,18 @@ class ResponsesStreamState(StreamState):
     def on_chunk(self, chunk: Any) -> None:
         """Take usage, model, id and tier from ``response.completed`` / ``.incomplete`` / ``.failed``."""
         if isinstance(chunk, _TERMINAL_EVENTS):
-            response = chunk.response
-            self.usage = response.usage
-            self.model = response.model or None
-            self.request_id = response.id or None
-            self.service_tier = getattr(response, "service_tier", None)
+            response: Any = chunk.response
+        elif getattr(chunk, "type", None) in _TERMINAL_TYPES:
+            # Version branch: older SDKs (seen on 1.66) cannot build the terminal event when the API sends output
+            # items they do not know yet; the SDK then falls back to another union member that keeps ``response``
+            # as a plain dict. Read it anyway: the usage in it is what OpenAI billed.
+            response = getattr(chunk, "response", None)
+        else:
+            return
+        self.usage = detail(response, "usage")
+        self.model = detail(response, "model") or None
+        self.request_id = detail(response, "id") or None
+        self.service_tier = detail(response, "service_tier")
 
     def normalised(self) -> Any:
         """The terminal response's usage, normalised."""

@@ -1,0 +1,218 @@
+"""Added overhead per OpenAI call: paygentic-costs vs the bare SDK vs opentelemetry-instrumentation-openai-v2.
+
+Method (reference/bench-notes.md): one ``openai.OpenAI`` client over ``httpx2.MockTransport`` returning a fixed chat
+completion (and, for streams, 58 SSE chunks + the usage chunk when asked for + ``[DONE]``), so the SDK's own cost is
+the floor. Each configuration runs in its own subprocess (patches never leak between them); the parent interleaves
+rounds across them (shuffled order per round). Per round: ``--calls`` non-streaming and ``--stream-calls`` streaming
+calls after a warm-up, each timed with ``perf_counter_ns``; the round's figure is the median call. Reported: the
+median over rounds of the per-round paired difference against the bare SDK measured in the same round.
+
+    python bench/bench_openai.py                    # full run (10 rounds x 2,000 / 200 calls)
+    python bench/bench_openai.py --rounds 3 --calls 300 --stream-calls 30   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+CONFIGS = ("bare", "paygentic", "otel")
+STREAM_CONTENT_CHUNKS = 56  # + the role chunk + the finish chunk = 58 chunks, + usage chunk (when asked) + [DONE]
+RATES = '[llm."openai:gpt-4o"]\ninput_per_mtok = "2.50"\ncache_read_per_mtok = "1.25"\noutput_per_mtok = "10.00"\n'
+
+CHAT_BODY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1741569952, "model": "gpt-4o-2024-08-06",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?",
+                                         "refusal": None, "annotations": []}, "logprobs": None,
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1117, "completion_tokens": 9, "total_tokens": 1126,
+              "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    "service_tier": "default", "system_fingerprint": "fp_50cad350e4",
+}).encode()
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1741570283,
+            "model": "gpt-4o-2024-08-06", "service_tier": "default", "system_fingerprint": "fp_50cad350e4",
+            "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "usage": usage}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+STREAM_HEAD = (_chunk({"role": "assistant", "content": ""})
+               + b"".join(_chunk({"content": f" tok{i}"}) for i in range(STREAM_CONTENT_CHUNKS))
+               + _chunk({}, finish="stop"))
+STREAM_USAGE = _chunk({}, usage={"prompt_tokens": 1117, "completion_tokens": 58, "total_tokens": 1175,
+                                 "prompt_tokens_details": {"cached_tokens": 1024}})
+
+
+# -- worker (one configuration, one process) --------------------------------------------------------------------------
+
+def _client() -> Any:
+    import httpx2
+    import openai
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        if not body.get("stream"):
+            return httpx2.Response(200, headers={"content-type": "application/json", "x-request-id": "req_b"},
+                                   content=CHAT_BODY)
+        # Like the API: the usage chunk only when the request asked for it.
+        usage = STREAM_USAGE if (body.get("stream_options") or {}).get("include_usage") else b""
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"},
+                               content=STREAM_HEAD + usage + b"data: [DONE]\n\n")
+
+    return openai.OpenAI(api_key="bench", base_url="http://bench.test/v1", max_retries=0,
+                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+
+
+def _setup(config: str) -> Any:
+    """Install the configuration; returns a context manager to run calls in."""
+    import contextlib
+
+    if config == "paygentic":
+        import paygentic_costs as pc
+        from paygentic_costs.export import InMemoryExporter
+
+        state = Path(tempfile.mkdtemp(prefix="bench-openai-"))
+        (state / "rates.toml").write_text(RATES)
+        pc.configure(rates=state / "rates.toml", exporter=InMemoryExporter(), state_dir=state)
+        pc.instrument("openai")
+        return pc.customer("cus_bench")
+    if config == "otel":
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        class NoopExporter(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
+        OpenAIInstrumentor().instrument(tracer_provider=provider)
+    return contextlib.nullcontext()
+
+
+def _round(client: Any, stream: bool, calls: int) -> int:
+    messages = [{"role": "user", "content": "Hi"}]
+    create = client.chat.completions.create
+    timings: list[int] = []
+    clock = time.perf_counter_ns
+    for _ in range(calls):
+        start = clock()
+        if stream:
+            for _chunk_ in create(model="gpt-4o", messages=messages, stream=True):
+                pass
+        else:
+            create(model="gpt-4o", messages=messages)
+        timings.append(clock() - start)
+    return int(statistics.median(timings))
+
+
+def worker(config: str) -> None:
+    scope = _setup(config)
+    client = _client()
+    with scope:
+        for line in sys.stdin:
+            command = json.loads(line)
+            _round(client, command["stream"], max(10, command["calls"] // 10))  # warm-up
+            median = _round(client, command["stream"], command["calls"])
+            print(json.dumps({"median_ns": median}), flush=True)
+    if config == "paygentic":
+        import paygentic_costs as pc
+
+        stats = pc.stats()
+        print(json.dumps({"stats": {k: stats[k] for k in ("recorded", "usage_missing", "unpriced")}}), flush=True)
+
+
+# -- parent -----------------------------------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--stream-calls", type=int, default=200)
+    parser.add_argument("--worker", choices=CONFIGS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+
+    procs = {c: subprocess.Popen([sys.executable, __file__, "--worker", c], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for c in CONFIGS}
+    results: dict[tuple[str, bool], list[int]] = {(c, s): [] for c in CONFIGS for s in (False, True)}
+    for index in range(args.rounds):
+        for stream, calls in ((False, args.calls), (True, args.stream_calls)):
+            order = list(CONFIGS)
+            random.shuffle(order)
+            for config in order:
+                proc = procs[config]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(json.dumps({"stream": stream, "calls": calls}) + "\n")
+                proc.stdin.flush()
+                results[(config, stream)].append(json.loads(proc.stdout.readline())["median_ns"])
+        print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    worker_stats = {}
+    for config, proc in procs.items():
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        tail = proc.stdout.read().strip()
+        if tail:
+            worker_stats[config] = json.loads(tail.splitlines()[-1])["stats"]
+        proc.wait(timeout=60)
+
+    def added(config: str, stream: bool) -> float:
+        pairs = zip(results[(config, stream)], results[("bare", stream)])
+        return statistics.median(c - b for c, b in pairs) / 1000
+
+    print(f"machine: nproc={os.cpu_count()}, {_cpu_model()}, Python {platform.python_version()}")
+    print("versions: " + ", ".join(f"{p} {version(p)}" for p in (
+        "openai", "httpx2", "wrapt", "paygentic-costs", "paygentic-costs-openai", "opentelemetry-sdk",
+        "opentelemetry-instrumentation-openai-v2", "opentelemetry-util-genai")))
+    print(f"method: {args.rounds} interleaved rounds x {args.calls} non-streaming / {args.stream_calls} streaming "
+          f"calls, medians of per-round paired differences; paygentic worker stats: {worker_stats.get('paygentic')}")
+    print()
+    print("| configuration | non-stream: per call | added | ratio | stream (58 chunks): per call | added | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    bare = {s: statistics.median(results[("bare", s)]) / 1000 for s in (False, True)}
+    print(f"| bare SDK | {bare[False]:,.0f} µs | — | 1.00 | {bare[True]:,.0f} µs | — | 1.00 |")
+    names = {"paygentic": "paygentic-costs-openai", "otel": "opentelemetry-instrumentation-openai-v2 + BatchSpanProcessor"}
+    for config in ("paygentic", "otel"):
+        cells = []
+        for stream in (False, True):
+            plus = added(config, stream)
+            cells.append(f"{bare[stream] + plus:,.0f} µs | +{plus:,.1f} µs | {(bare[stream] + plus) / bare[stream]:.3f}")
+        print(f"| {names[config]} | {cells[0]} | {cells[1]} |")
+    for stream, label in ((False, "non-stream"), (True, "stream")):
+        ours, otel = added("paygentic", stream), added("otel", stream)
+        if otel > 0:
+            print(f"\n{label}: paygentic-costs adds {ours / otel:.2f}x what openai-v2 adds", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
