@@ -30,7 +30,7 @@ pc.instrument("anthropic")  # clients created before or after this line are cove
 
 client = anthropic.Anthropic(max_retries=0)
 MODEL = "claude-sonnet-4-6"
-PROMPT = [{"role": "user", "content": "Say hello."}]
+PROMPT: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
 def answer(job_id: str, customer_id: str) -> str:
@@ -39,7 +39,8 @@ def answer(job_id: str, customer_id: str) -> str:
         first = client.messages.create(model=MODEL, max_tokens=64, messages=PROMPT)
         with client.messages.stream(model=MODEL, max_tokens=64, messages=PROMPT) as stream:
             second = "".join(stream.text_stream)
-    return f"{first.content[0].text} / {second}"
+    text = "".join(block.text for block in first.content if isinstance(block, anthropic.types.TextBlock))
+    return f"{text} / {second}"
 
 
 if __name__ == "__main__":

@@ -8,17 +8,16 @@ The fake serves the bodies under ``fixtures/``: copies of the shared reference f
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 
 import paygentic_costs as pc
@@ -45,12 +44,6 @@ cache_write_per_mtok = "3.75"
 cache_write_1h_per_mtok = "6"
 web_search_per_request = "0.01"
 """
-
-
-def http_module() -> ModuleType:
-    """The HTTP package this SDK version is built on (``httpx2`` from anthropic 1.0, ``httpx`` before)."""
-    base = anthropic.DefaultHttpxClient.__mro__[1]
-    return importlib.import_module(base.__module__.split(".")[0])
 
 
 def fixture_text(name: str) -> str:
@@ -137,14 +130,15 @@ def _client_kwargs(
 ) -> dict[str, Any]:
     if transport == "local_server":
         return {"base_url": request.getfixturevalue("fake_server").url}
-    http = http_module()
 
     def handler(req: Any) -> Any:
         status, headers, payload = fake.respond(req.method, req.url.path, req.read())
-        return http.Response(status, headers=headers, content=payload)
+        return httpx2.Response(status, headers=headers, content=payload)
 
-    client_type = http.AsyncClient if is_async else http.Client
-    return {"base_url": "http://fake-anthropic.test", "http_client": client_type(transport=http.MockTransport(handler))}
+    # anthropic rejects a legacy httpx client: the transport must be httpx2's.
+    client_type = httpx2.AsyncClient if is_async else httpx2.Client
+    http_client = client_type(transport=httpx2.MockTransport(handler))
+    return {"base_url": "http://fake-anthropic.test", "http_client": http_client}
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ class AnthropicInstrumentor(Instrumentor):
 
     name: ClassVar[str] = "anthropic"
     distribution: ClassVar[str] = "anthropic"
-    # 0.80 is the first release with everything read here: messages.parse (beta.messages.parse since 0.75), the
-    # cache_creation TTL breakdown and server_tool_use in Usage, and the stream managers' _raw_stream.
-    supported: ClassVar[str] = ">=0.80,<3"
+    # 1.0 is the floor: it has every field and method read here (messages.parse, the cache_creation TTL breakdown,
+    # server_tool_use, the stream managers' _raw_stream). 0.x is excluded on purpose: its Stream metaclass makes
+    # isinstance(stream, anthropic.Stream) False for any proxy, and with_raw_response returned a legacy response type.
+    supported: ClassVar[str] = ">=1.0,<3"
     provider: ClassVar[str] = "anthropic"
     install_hint: ClassVar[str | None] = "pip install 'paygentic-costs-anthropic'"
 
