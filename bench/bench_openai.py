@@ -115,7 +115,7 @@ def _round(client: Any, stream: bool, calls: int) -> int:
     for _ in range(calls):
         start = clock()
         if stream:
-            for _chunk_ in create(model="gpt-4o", messages=messages, stream=True):
+            for _ in create(model="gpt-4o", messages=messages, stream=True):
                 pass
         else:
             create(model="gpt-4o", messages=messages)
@@ -186,7 +186,7 @@ def main() -> None:
         proc.wait(timeout=60)
 
     def added(config: str, stream: bool) -> float:
-        pairs = zip(results[(config, stream)], results[("bare", stream)])
+        pairs = zip(results[(config, stream)], results[("bare", stream)], strict=True)
         return statistics.median(c - b for c, b in pairs) / 1000
 
     print(f"machine: nproc={os.cpu_count()}, {_cpu_model()}, Python {platform.python_version()}")
@@ -200,12 +200,14 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     bare = {s: statistics.median(results[("bare", s)]) / 1000 for s in (False, True)}
     print(f"| bare SDK | {bare[False]:,.0f} µs | — | 1.00 | {bare[True]:,.0f} µs | — | 1.00 |")
-    names = {"paygentic": "paygentic-costs-openai", "otel": "opentelemetry-instrumentation-openai-v2 + BatchSpanProcessor"}
+    names = {"paygentic": "paygentic-costs-openai",
+             "otel": "opentelemetry-instrumentation-openai-v2 + BatchSpanProcessor"}
     for config in ("paygentic", "otel"):
         cells = []
         for stream in (False, True):
             plus = added(config, stream)
-            cells.append(f"{bare[stream] + plus:,.0f} µs | +{plus:,.1f} µs | {(bare[stream] + plus) / bare[stream]:.3f}")
+            total = bare[stream] + plus
+            cells.append(f"{total:,.0f} µs | +{plus:,.1f} µs | {total / bare[stream]:.3f}")
         print(f"| {names[config]} | {cells[0]} | {cells[1]} |")
     for stream, label in ((False, "non-stream"), (True, "stream")):
         ours, otel = added("paygentic", stream), added("otel", stream)

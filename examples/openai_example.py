@@ -40,7 +40,7 @@ def main() -> None:
         )
         print("reply:", reply.choices[0].message.content)
         # A stream: usage is requested behind the scenes; the chunks you see are unchanged.
-        for chunk in client.chat.completions.create(
+        for _chunk in client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "Say hello"}], stream=True
         ):
             pass

@@ -45,11 +45,11 @@ def test_uninstrument_restores_the_original_functions(tmp_path: Any) -> None:
     pc.configure(state_dir=tmp_path)
     pc.instrument("openai")
     patched = _originals()
-    assert all(p is not b for p, b in zip(patched, before))
+    assert all(p is not b for p, b in zip(patched, before, strict=True))
     pc.uninstrument("openai")
-    assert all(a is b for a, b in zip(_originals(), before))
+    assert all(a is b for a, b in zip(_originals(), before, strict=True))
     pc.instrument("openai")  # and it can be applied again
-    assert all(p is not b for p, b in zip(_originals(), before))
+    assert all(p is not b for p, b in zip(_originals(), before, strict=True))
 
 
 def test_signatures_and_coroutine_kinds_are_kept(costs: Capture) -> None:
@@ -68,7 +68,7 @@ def test_instrument_twice_is_once(costs: Capture, client: Any) -> None:
     first = _originals()
     pc.instrument("openai")
     pc.instrument("openai")
-    assert all(a is b for a, b in zip(_originals(), first))
+    assert all(a is b for a, b in zip(_originals(), first, strict=True))
     with pc.job("j", customer="cus_1"):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert len(costs.events) == 1

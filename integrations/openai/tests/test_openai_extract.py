@@ -8,8 +8,6 @@ from pathlib import Path
 from openai.types import CompletionUsage, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseUsage
-
-from paygentic_costs.instrumentation import Usage
 from paygentic_costs_openai._extract import (
     chat_usage,
     chunk_is_usage_only,
@@ -17,6 +15,8 @@ from paygentic_costs_openai._extract import (
     reported_from_result,
     responses_usage,
 )
+
+from paygentic_costs.instrumentation import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

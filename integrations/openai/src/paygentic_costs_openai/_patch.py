@@ -271,7 +271,7 @@ class _Wrappers:
     async def ahelper_close(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """``AsyncChatCompletionStream.close`` / ``AsyncResponseStream.close``: the async twin of :meth:`helper_close`."""
+        """``AsyncChatCompletionStream.close`` / ``AsyncResponseStream.close``: async twin of :meth:`helper_close`."""
         try:
             return await wrapped(*args, **kwargs)
         finally:

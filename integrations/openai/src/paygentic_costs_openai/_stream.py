@@ -17,14 +17,14 @@ from openai.types.responses import ResponseCompletedEvent, ResponseFailedEvent, 
 
 from paygentic_costs.instrumentation import AsyncStreamProxy, CallHandle, SyncStreamProxy
 
-from ._extract import detail, chat_usage, chunk_is_usage_only, responses_usage
+from ._extract import chat_usage, chunk_is_usage_only, detail, responses_usage
 
 __all__ = [
     "AsyncHidingChatStream",
     "ChatStreamState",
     "ResponsesStreamState",
-    "SyncHidingChatStream",
     "StreamState",
+    "SyncHidingChatStream",
 ]
 
 # The three events that end a Responses stream; each carries the full ``response`` with its ``usage``.
