@@ -19,27 +19,67 @@ URL and stops when stdin closes); the exporter benchmark uses that.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http import HTTPStatus
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from paygentic_costs import CostEvent
+
+# Pipeline timings scaled down for tests (production defaults are 0.5 s / 30 s / 0.1 s / 60 s).
+FAST: dict[str, Any] = {
+    "backoff_base": 0.01,
+    "backoff_cap": 0.1,
+    "backoff_floor": 0.005,
+    "auth_probe_interval": 0.2,
+    "shutdown_timeout": 2.0,
+}
+
+
+def make_event(key: str, amount: str | Decimal = "0.0010", *, timestamp: datetime | None = None,
+               customer: str = "cus_test", **data: Any) -> CostEvent:
+    """A cost event as the recorder would build it."""
+    return CostEvent(
+        type="cost.ai.inference",
+        source="tests",
+        idempotency_key=key,
+        timestamp=timestamp or datetime.now(timezone.utc),
+        data={"amount": Decimal(amount), "currency": "USD", **data},
+        subject=customer,
+    )
+
+
+def assert_identity(stats: Mapping[str, Any]) -> None:
+    """recorded == acknowledged + queued + spooled + set_aside + sum(dropped)."""
+    total = (stats["acknowledged"] + stats["queued"] + stats["spooled"] + stats["set_aside"]
+             + sum(stats["dropped"].values()))
+    assert stats["recorded"] == total, f"stats identity broken: {dict(stats)}"
+
 __all__ = [
     "BLACK_HOLE",
+    "FAST",
     "PROCESS_THEN_RESET",
     "RESET_AFTER_BODY",
     "RESET_BEFORE_BODY",
     "Action",
     "Arrival",
     "FakePaygentic",
+    "FakePaygenticProcess",
     "RequestInfo",
+    "assert_identity",
+    "fault_mix",
+    "make_event",
     "process_then",
     "respond",
 ]
@@ -108,6 +148,7 @@ class Arrival:
     conn_index: int
     authorization: str | None
     headers: dict[str, str]
+    path: str = ""
     key: str | None = None
     body: bytes | None = None
     action: str = ""
@@ -148,6 +189,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         """Silence per-request logging."""
 
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        """``GET /_ledger``: the stored events and the request log, for a fake running in another process."""
+        fake = self.server.fake
+        with fake._lock:
+            payload = {
+                "ledger": {key: body.decode() for key, body in fake.ledger.items()},
+                "duplicates": fake.duplicates,
+                "arrivals": [[a.key, a.body.decode() if a.body else None] for a in fake.arrivals],
+            }
+        data = json.dumps(payload).encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(data), data))
+
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
         fake = self.server.fake
         arrived = time.monotonic()
@@ -158,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
             seq=0, conn_id=self.conn_id, conn_index=index,
             idle_for=arrived - self.last_done if index else 0.0, headers=headers,
         )
-        arrival = fake._arrive(arrived, self.client_address[1], self.conn_id, index, headers)
+        arrival = fake._arrive(arrived, self.client_address[1], self.conn_id, index, headers, self.path)
         info = replace(info, seq=arrival.seq)
         try:
             action = fake._decide(info)
@@ -257,7 +311,7 @@ def _parse(body: bytes) -> dict[str, Any] | None:
     return parsed
 
 
-@dataclass
+@dataclass(repr=False)
 class FakePaygentic:
     """The fake server. Use as a context manager, or call :meth:`start` and :meth:`stop`.
 
@@ -274,6 +328,10 @@ class FakePaygentic:
     ledger: dict[str, bytes] = field(default_factory=dict)  # idempotencyKey -> first stored body
     duplicates: int = 0  # stored requests whose key was already in the ledger
     peak_concurrency: int = 0
+
+    def __repr__(self) -> str:
+        url = self.url if self._server is not None else "stopped"
+        return f"FakePaygentic({url}, {len(self.arrivals)} requests, {len(self.ledger)} keys)"
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -375,10 +433,10 @@ class FakePaygentic:
                 if known is conn:
                     del self._conns[conn_id]
 
-    def _arrive(self, at: float, port: int, conn_id: int, index: int, headers: dict[str, str]) -> Arrival:
+    def _arrive(self, at: float, port: int, conn_id: int, index: int, headers: dict[str, str], path: str) -> Arrival:
         with self._lock:
             arrival = Arrival(len(self.arrivals) + 1, at, port, conn_id, index, headers.get("authorization"),
-                              headers)
+                              headers, path)
             self.arrivals.append(arrival)
             self._active += 1
             self.peak_concurrency = max(self.peak_concurrency, self._active)
@@ -408,12 +466,75 @@ class FakePaygentic:
                 self.ledger[key] = body
 
 
-def _serve_forever() -> None:
-    """Serve a healthy fake until stdin closes (used by the benchmark to keep the server's CPU apart)."""
-    with FakePaygentic() as fake:
+def fault_mix(reset: float = 0.0, error_500: float = 0.0, unavailable: float = 0.0, *, retry_after: str = "1",
+              seed: int = 0) -> Script:
+    """A script that, per request: processes then resets (``reset``), processes then answers 500 (``error_500``),
+    or answers 503 with ``Retry-After`` without processing (``unavailable``); otherwise behaves."""
+    rng = random.Random(seed)
+    lock = threading.Lock()
+
+    def script(info: RequestInfo) -> Action | None:
+        if info.body is None:
+            return None
+        with lock:
+            roll = rng.random()
+        if roll < reset:
+            return PROCESS_THEN_RESET
+        if roll < reset + error_500:
+            return process_then(500)
+        if roll < reset + error_500 + unavailable:
+            return respond(503, retry_after=retry_after)
+        return None
+
+    return script
+
+
+class FakePaygenticProcess:
+    """The fake in a child process, so its CPU is not the client's (benchmarks, heavy tests).
+
+    Args are those of :func:`fault_mix`, plus ``token``. :meth:`ledger` fetches what the server stored.
+    """
+
+    def __init__(self, *, token: str | None = None, reset: float = 0.0, error_500: float = 0.0,
+                 unavailable: float = 0.0, retry_after: str = "1", seed: int = 0) -> None:
+        self._args = [f"--token={token or ''}", f"--reset={reset}", f"--error-500={error_500}",
+                      f"--unavailable={unavailable}", f"--retry-after={retry_after}", f"--seed={seed}"]
+        self._proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> FakePaygenticProcess:
+        self._proc = subprocess.Popen([sys.executable, __file__, *self._args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        self.url = self._proc.stdout.readline().strip()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+    def ledger(self) -> dict[str, Any]:
+        """``{"ledger": {key: body}, "duplicates": n, "arrivals": [[key, body], ...]}``."""
+        with urllib.request.urlopen(self.url + "/_ledger", timeout=30) as response:
+            return dict(json.loads(response.read()))
+
+
+def _serve_forever(argv: list[str]) -> None:
+    """Serve until stdin closes; prints the URL first."""
+    options = dict(arg.lstrip("-").split("=", 1) for arg in argv)
+    script = fault_mix(
+        float(options.get("reset", 0)), float(options.get("error-500", 0)), float(options.get("unavailable", 0)),
+        retry_after=options.get("retry-after", "1"), seed=int(options.get("seed", 0)),
+    )
+    with FakePaygentic(token=options.get("token") or None, script=script) as fake:
         print(fake.url, flush=True)
         sys.stdin.read()
 
 
 if __name__ == "__main__":
-    _serve_forever()
+    _serve_forever(sys.argv[1:])

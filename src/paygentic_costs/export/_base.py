@@ -45,6 +45,10 @@ class Exporter(Protocol):
     - ``in_flight: int``: requests on the wire right now (reported by ``stats()``).
     - ``after_fork_in_child() -> None``: forget inherited connections without closing them (they belong to the
       parent process).
+    - ``export_stream(take, done, deadline) -> None``: instead of fixed batches, pull events with
+      ``take(free_slots) -> [(token, event), ...]`` as request slots free up and report each with
+      ``done(token, outcome)`` as it finishes; return when ``take`` gives nothing and nothing is in flight, or at
+      ``deadline()`` (``time.monotonic()``, None for no deadline). One slow request then never holds the others.
     """
 
     def export(self, events: Sequence[CostEvent], timeout: float) -> Sequence[Outcome]:

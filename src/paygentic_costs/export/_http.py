@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timezone
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_BASE_URL", "PaygenticExporter", "classify_response", "parse_
 DEFAULT_BASE_URL = "https://api.paygentic.io"
 _MAX_IN_FLIGHT_LIMIT = 64
 _REASON_LIMIT = 500
+_POLL_INTERVAL = 0.02  # how soon a streaming export looks for new events while requests are in flight
 _NO_RETRY_5XX = frozenset({501, 505})
 _RETRY_4XX = frozenset({408, 425, 429})
 _STOP_BATCH = frozenset({401, 403, 429, 503})  # stop starting new requests of the batch on these answers
@@ -208,7 +209,7 @@ class PaygenticExporter:
         self._client: httpx.AsyncClient | None = None
         self._direct: KeepAliveTransport | None = None  # the client's transport, when it is our own
         self._run_lock = threading.Lock()  # one thread runs the private loop at a time
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: Collection[asyncio.Task[None]] = ()
         self._closed = False
         self._close_requested = False
         self.in_flight = 0
@@ -234,14 +235,36 @@ class PaygenticExporter:
         with self._run_lock:
             if self._closed:
                 return [NOT_SENT] * len(events)
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                loop = self._loop = asyncio.new_event_loop()
-                loop.set_default_executor(_InlineExecutor())
+            loop = self._ensure_loop()
             token = _exporting.set(True)
             try:
                 with suppressed():  # our own HTTP traffic is never instrumented as a cost
                     return loop.run_until_complete(self._export(list(events), max(timeout, 0.001)))
+            finally:
+                _exporting.reset(token)
+                if self._close_requested:
+                    self._close_locked()
+
+    def export_stream(
+        self,
+        take: Callable[[int], Sequence[tuple[Any, CostEvent]]],
+        done: Callable[[Any, Outcome], None],
+        deadline: Callable[[], float | None],
+    ) -> None:
+        """Keep up to the concurrency limit of requests in flight, pulling events with ``take(free_slots)`` as
+        slots free up and reporting each with ``done(token, outcome)`` as soon as it finishes. Returns when
+        ``take`` has nothing and nothing is in flight, or at ``deadline()`` (``time.monotonic()``), when what is
+        still in flight is cancelled and reported as ``retry``. Runs on the calling thread, starts no thread."""
+        if self._closed:
+            return
+        with self._run_lock:
+            if self._closed:
+                return
+            loop = self._ensure_loop()
+            token = _exporting.set(True)
+            try:
+                with suppressed():
+                    loop.run_until_complete(self._stream(take, done, deadline))
             finally:
                 _exporting.reset(token)
                 if self._close_requested:
@@ -268,8 +291,66 @@ class PaygenticExporter:
 
     # ------------------------------------------------------------------ internals
 
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.new_event_loop()
+            loop.set_default_executor(_InlineExecutor())
+        return loop
+
+    async def _stream(
+        self,
+        take: Callable[[int], Sequence[tuple[Any, CostEvent]]],
+        done: Callable[[Any, Outcome], None],
+        deadline: Callable[[], float | None],
+    ) -> None:
+        client = self._get_client()
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task[None]] = set()
+        self._tasks = running
+        try:
+            while True:
+                limit = deadline()
+                now = time.monotonic()
+                if limit is not None and now >= limit:
+                    return
+                free = self._concurrency - len(running)
+                if free > 0 and not self._closed:
+                    for token, event in take(free):
+                        task = loop.create_task(self._deliver_one(client, token, event, done))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                if not running:
+                    return
+                # Wake on the first completion, or soon anyway to pick up new events and notice the deadline.
+                wait = _POLL_INTERVAL if limit is None else max(0.0, min(_POLL_INTERVAL, limit - now))
+                await asyncio.wait(set(running), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if running:
+                for task in running:
+                    task.cancel()
+                await asyncio.wait(set(running))
+            self._tasks = set()
+
+    async def _deliver_one(
+        self, client: httpx.AsyncClient, token: Any, event: CostEvent, done: Callable[[Any, Outcome], None]
+    ) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        try:
+            outcome = await self._send(client, event, None)
+        except asyncio.CancelledError:  # deadline or shutdown: it may or may not have been processed
+            outcome = Outcome("retry", reason="timeout")
+        finally:
+            self.in_flight -= 1
+        try:
+            done(token, outcome)
+        except Exception as exc:
+            report_internal_error(exc, "export.PaygenticExporter.done")
+
     def _cancel_tasks(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
 
     def _close_locked(self) -> None:
@@ -332,14 +413,14 @@ class PaygenticExporter:
                     task.cancel()
                 await asyncio.wait(pending)
         finally:
-            self._tasks = []
+            self._tasks = ()
         timed_out = Outcome("retry", reason="timeout")
         return [
             outcome if outcome is not None else (timed_out if started[i] else NOT_SENT)
             for i, outcome in enumerate(outcomes)
         ]
 
-    async def _send(self, client: httpx.AsyncClient, event: CostEvent, batch: _Batch) -> Outcome:
+    async def _send(self, client: httpx.AsyncClient, event: CostEvent, batch: _Batch | None) -> Outcome:
         try:
             body = event.to_json()
         except Exception as exc:  # an event that cannot be serialised can never be delivered
@@ -383,7 +464,7 @@ class PaygenticExporter:
                 return Outcome("retry", reason=f"transport error: {type(exc).__name__}")
             status = response.status_code
             outcome = classify_response(status, response.headers.get("retry-after"), response.content)
-            if status in _STOP_BATCH or outcome.retry_after is not None:
+            if batch is not None and (status in _STOP_BATCH or outcome.retry_after is not None):
                 batch.stop = True  # the server asked everyone to back off: start nothing more in this batch
             return outcome
         return Outcome("retry", reason="network: reconnect failed")

@@ -201,6 +201,9 @@ class DeliveryPipeline:
         self._auth_until = 0.0  # monotonic; next auth probe
         self._auth_paused = False
         self._batch_in_flight = 0
+        self._streaming: dict[int, Entry] = {}  # seq -> entry handed to a streaming exporter, not yet reported
+        self._stream_took = 0
+        self._congestion_holdoff = 0.0  # monotonic; no second halving before the first one had an effect
         self._worker: threading.Thread | None = None
         self._deadline: float | None = None  # monotonic; set by shutdown()
         self._abandoned = False  # shutdown has counted what was left; the worker must not touch counters
@@ -309,7 +312,7 @@ class DeliveryPipeline:
                     admitted = self._admit_locked()
                 if admitted:
                     self._admit(admitted)
-                wait = self._step(now, stopping)
+                wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
                     if stopping is not None:
@@ -344,37 +347,29 @@ class DeliveryPipeline:
                     self._pending -= len(entries)
                     self._spooled += len(entries)
 
-    def _step(self, now: float, stopping: float | None) -> float:
-        """Send one batch of due events; return 0 after doing work, else how long to wait."""
+    def _step(self, now: float, stopping: float | None, until: float | None = None) -> float:
+        """Send due events; return 0 after doing work, else how long to wait."""
         with self._lock:
             paused_until = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
             probing = self._auth_paused or self._consecutive_failures >= self._breaker_threshold
             concurrency = self._concurrency
         if now < paused_until:
             return paused_until - now
+        stream = getattr(self._exporter, "export_stream", None)
+        if stream is not None:
+            return self._run_stream(stream, now, stopping, until)
         limit = 1 if probing else min(self._max_batch_size, concurrency * 4)
         batch = self._store.take_due(now, limit)
         if not batch:
             next_due = self._store.next_due()
             return _IDLE_WAIT if next_due is None else max(next_due - now, 0.001)
-        wall = self._clock()
-        horizon = self._retry_horizon
-        expired = [entry for entry in batch if wall >= entry.recorded_at + horizon]
-        if expired:
-            batch = [entry for entry in batch if wall < entry.recorded_at + horizon]
-            self._finish(
-                now, acked=[], retry=[], rejected=[(entry, "dedup_window_expired", None) for entry in expired]
-            )
-            if not batch:
-                return 0.0
+        batch = self._expire(batch, now)
+        if not batch:
+            return 0.0
         timeout = self._export_timeout
         if stopping is not None:
             timeout = max(0.001, min(timeout, stopping - now))
-        if concurrency != self._exporter_concurrency:
-            self._exporter_concurrency = concurrency
-            set_concurrency = getattr(self._exporter, "set_concurrency", None)
-            if set_concurrency is not None:
-                set_concurrency(concurrency)
+        self._set_exporter_concurrency(concurrency)
         self._batch_in_flight = len(batch)
         try:
             outcomes = list(self._exporter.export([entry.event for entry in batch], timeout))
@@ -387,6 +382,90 @@ class DeliveryPipeline:
             self._batch_in_flight = 0
         self._apply(batch, outcomes)
         return 0.0
+
+    def _expire(self, entries: list[Entry], now: float) -> list[Entry]:
+        """Set aside entries past the dedup horizon; return the others."""
+        wall = self._clock()
+        horizon = self._retry_horizon
+        expired = [entry for entry in entries if wall >= entry.recorded_at + horizon]
+        if not expired:
+            return entries
+        self._finish(now, acked=[], retry=[], rejected=[(entry, "dedup_window_expired", None) for entry in expired])
+        return [entry for entry in entries if wall < entry.recorded_at + horizon]
+
+    def _set_exporter_concurrency(self, concurrency: int) -> None:
+        if concurrency != self._exporter_concurrency:
+            self._exporter_concurrency = concurrency
+            set_concurrency = getattr(self._exporter, "set_concurrency", None)
+            if set_concurrency is not None:
+                set_concurrency(concurrency)
+
+    def _run_stream(
+        self, stream: Callable[..., object], now: float, stopping: float | None, until: float | None
+    ) -> float:
+        """Let a streaming exporter pull events as its request slots free up, and report each as it finishes,
+        so one slow request never holds back the others."""
+        self._streaming = {}
+        self._stream_took = 0
+
+        def deadline() -> float | None:
+            limits = [limit for limit in (self._deadline, until) if limit is not None]
+            return min(limits) if limits else None
+
+        try:
+            stream(self._stream_take, self._stream_done, deadline)
+        except Exception as exc:
+            report_internal_error(exc, f"export.{type(self._exporter).__name__}.export_stream")
+        finally:
+            leftovers = list(self._streaming.values())
+            self._streaming.clear()
+            self._batch_in_flight = 0
+            if leftovers:
+                self._apply(leftovers, [Outcome("retry", reason="exporter_error")] * len(leftovers))
+        if self._stream_took:
+            return 0.0
+        next_due = self._store.next_due()
+        return _IDLE_WAIT if next_due is None else max(next_due - time.monotonic(), 0.001)
+
+    def _stream_take(self, limit: int) -> list[tuple[int, CostEvent]]:
+        """Up to ``limit`` events to start now (none while paused, one at a time while probing)."""
+        try:
+            self._deliver_notices()
+            now = time.monotonic()
+            with self._lock:
+                if self._abandoned:
+                    return []
+                admitted = self._admit_locked()
+            if admitted:
+                self._admit(admitted)
+            with self._lock:
+                paused_until = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
+                probing = self._auth_paused or self._consecutive_failures >= self._breaker_threshold
+                concurrency = self._concurrency
+                stopping = self._deadline
+            if now < paused_until or (stopping is not None and now >= stopping):
+                return []
+            in_flight = len(self._streaming)
+            room = (1 if probing else concurrency) - in_flight
+            limit = min(limit, room)
+            if limit <= 0:
+                return []
+            self._set_exporter_concurrency(concurrency)
+            entries = self._expire(self._store.take_due(now, limit), now)
+            for entry in entries:
+                self._streaming[entry.seq] = entry
+            self._batch_in_flight = len(self._streaming)
+            self._stream_took += len(entries)
+            return [(entry.seq, entry.event) for entry in entries]
+        except Exception as exc:
+            report_internal_error(exc, "export.stream_take")
+            return []
+
+    def _stream_done(self, token: int, outcome: Outcome) -> None:
+        entry = self._streaming.pop(token, None)
+        if entry is not None:
+            self._batch_in_flight = len(self._streaming)
+            self._apply([entry], [outcome])
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt, 64))
@@ -469,6 +548,10 @@ class DeliveryPipeline:
         for entry, reason, status in rejected:
             store.set_aside([entry], reason)
             self._dead.add(SetAside(entry.event, reason, status, entry.attempts, wall))
+        for entry, reason, status in rejected:
+            # Before the counters move: once flush() sees the event finished, its callback has run.
+            detail = reason if status is None else f"HTTP {status}: {reason}"
+            self._notify(entry.event.idempotency_key, reason, detail)
         durable = store.durable
         with self._cond:
             if self._abandoned:
@@ -492,7 +575,9 @@ class DeliveryPipeline:
                     self._requests[bucket] += count
             # AIMD on the concurrency limit.
             if congestion:
-                self._concurrency = max(1, self._concurrency // 2)
+                if now >= self._congestion_holdoff:
+                    self._concurrency = max(1, self._concurrency // 2)
+                    self._congestion_holdoff = now + max(pause_for, self._backoff_floor)
                 self._consecutive_acks = 0
             elif failures:
                 self._consecutive_acks = 0
@@ -528,13 +613,11 @@ class DeliveryPipeline:
             )
         elif was_auth_paused and acked:
             logger.warning("Paygentic accepted the API key again; delivery resumed")
-        for entry, reason, status in rejected:
+        for entry, reason, _ in rejected:
             _throttle.log(
                 logger, logging.WARNING, f"set-aside-{reason}",
                 "event %s set aside (%s): it will not be sent again", entry.event.idempotency_key, reason,
             )
-            detail = reason if status is None else f"HTTP {status}: {reason}"
-            self._notify(entry.event.idempotency_key, reason, detail)
 
     def _deliver_notices(self) -> None:
         notices = self._notices
