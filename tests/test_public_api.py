@@ -87,3 +87,18 @@ def test_configure_rejects_bad_settings() -> None:
         pc.configure(max_in_flight=0)
     with pytest.raises(pc.ConfigurationError, match="durability"):
         pc.configure(durability="maybe")
+
+
+@pytest.mark.allow_internal_errors
+def test_internal_errors_collects_what_was_swallowed() -> None:
+    from paygentic_costs.export import InMemoryExporter
+    from paygentic_costs.instrumentation import SyncStreamProxy
+
+    pc.configure(exporter=InMemoryExporter())
+
+    def broken_hook(chunk: object) -> None:
+        raise RuntimeError("hook bug")
+
+    with testing.internal_errors() as errors:
+        assert list(SyncStreamProxy(iter([1, 2]), on_chunk=broken_hook, on_end=lambda e: None)) == [1, 2]
+    assert [type(e) for e in errors] == [RuntimeError, RuntimeError]

@@ -25,6 +25,11 @@ def set_error_sink(sink: Callable[[BaseException], None] | None) -> None:
     _sink = sink
 
 
+def get_error_sink() -> Callable[[BaseException], None] | None:
+    """The current error sink (see :func:`set_error_sink`)."""
+    return _sink
+
+
 def _should_log(key: str) -> bool:
     now = time.monotonic()
     with _seen_lock:

@@ -206,6 +206,7 @@ class Instrumentor(ABC):
         """Restore every original, in reverse order. A no-op when nothing was patched."""
         with self._lock:
             self.enabled = False
+            self.event_type = self.default_event_type  # options last only as long as the instrumentation
             while self._applied:
                 applied = self._applied.pop()
                 try:

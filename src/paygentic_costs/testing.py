@@ -14,6 +14,7 @@ With pytest, the ``cost_capture`` fixture (installed with the package) does the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from types import TracebackType
 
@@ -24,7 +25,7 @@ try:  # the fixture exists only where pytest does; capture() needs nothing
 except ImportError:  # pragma: no cover - exercised only without pytest installed
     pytest = None  # type: ignore[assignment]
 
-__all__ = ["Capture", "capture", "cost_capture"]
+__all__ = ["Capture", "capture", "cost_capture", "internal_errors"]
 
 
 class Capture:
@@ -68,6 +69,33 @@ class Capture:
     def clear(self) -> None:
         """Forget what was captured so far."""
         self.events.clear()
+
+
+@contextmanager
+def internal_errors() -> Iterator[list[BaseException]]:
+    """Collect the internal errors the library swallowed inside the block (so a test can fail on them).
+
+    In production such errors are logged once and never raised into your code; in tests you usually want them loud::
+
+        with internal_errors() as errors:
+            run_my_code()
+        assert not errors
+    """
+    from ._guard import get_error_sink, set_error_sink
+
+    collected: list[BaseException] = []
+    previous = get_error_sink()
+
+    def sink(exc: BaseException) -> None:
+        collected.append(exc)
+        if previous is not None:
+            previous(exc)
+
+    set_error_sink(sink)
+    try:
+        yield collected
+    finally:
+        set_error_sink(previous)
 
 
 def capture() -> Capture:
