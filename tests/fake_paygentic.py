@@ -164,6 +164,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # the default 5 drops SYNs when a client opens its pool at once (1 s retransmit)
     fake: FakePaygentic
 
 

@@ -15,6 +15,7 @@ import email.utils
 import json
 import logging
 import math
+import selectors
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -41,6 +42,9 @@ _RETRY_4XX = frozenset({408, 425, 429})
 _STOP_BATCH = frozenset({401, 403, 429, 503})  # stop starting new requests of the batch on these answers
 # Exceptions that, on a reused keep-alive connection, mean "the server closed it while idle": resend at once.
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+# Loops, clients and transports a forked child inherited: referenced forever so no finaliser runs on them.
+_inherited: list[object] = []
 
 # True while this module sends: httpx's per-request INFO line is dropped for our own traffic only.
 _exporting: contextvars.ContextVar[bool] = contextvars.ContextVar("paygentic_costs_exporting", default=False)
@@ -286,7 +290,19 @@ class PaygenticExporter:
             self._close_requested = True
 
     def after_fork_in_child(self) -> None:
-        """Forget the inherited client and loop without closing them: their sockets belong to the parent."""
+        """Forget the inherited client and loop without closing them: their sockets belong to the parent.
+
+        The inherited objects are kept referenced (a finaliser closing them could still reach the parent's
+        connections), our own transport's descriptors are pointed at ``/dev/null``, and the old loop is closed
+        when it can be, which only closes this process's copies of its descriptors.
+        """
+        loop, client, direct = self._loop, self._client, self._direct
+        if direct is not None:
+            direct.detach_after_fork()
+        if loop is not None and not loop.is_running():
+            with contextlib.suppress(Exception):
+                loop.close()
+        _inherited.extend(item for item in (loop, client, direct) if item is not None)
         self._init_runtime_state()
 
     # ------------------------------------------------------------------ internals
@@ -294,7 +310,10 @@ class PaygenticExporter:
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.new_event_loop()
+            # poll(2) keeps registrations in this process; an epoll instance would be shared with forked
+            # children, and a child's cleanup could then unregister the parent's sockets.
+            selector = selectors.PollSelector() if hasattr(selectors, "PollSelector") else None
+            loop = self._loop = asyncio.SelectorEventLoop(selector)
             loop.set_default_executor(_InlineExecutor())
         return loop
 

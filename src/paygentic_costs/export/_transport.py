@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._open: set[_Conn] = set()  # every live connection, idle or busy
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
 
@@ -161,6 +163,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 conn.idle_since = time.monotonic()
                 self._idle.setdefault(origin, []).append(conn)
             else:
+                self._open.discard(conn)
                 conn.close()
         return httpx.Response(status, headers=headers, content=content, request=request,
                               extensions={"http_version": b"HTTP/1.1"})
@@ -172,6 +175,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             conn = idle.pop()  # most recently used first: the least likely to have been closed by the server
             if conn.usable(now, self._keepalive_expiry):
                 return conn
+            self._open.discard(conn)
             conn.close()
         return None
 
@@ -192,7 +196,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
         finally:
             timer.cancel()
-        return _Conn(reader, writer)
+        conn = _Conn(reader, writer)
+        self._open.add(conn)
+        return conn
 
     async def _read_response(
         self, reader: asyncio.StreamReader, request: httpx.Request
@@ -258,9 +264,28 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             await reader.readexactly(2)
 
     async def aclose(self) -> None:
-        """Close every idle connection."""
+        """Close every connection."""
         self._closed = True
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
+        self._idle = {}
+        conns, self._open = self._open, set()
+        for conn in conns:
+            conn.close()
+
+    def detach_after_fork(self) -> None:
+        """In a forked child: point every inherited socket descriptor at ``/dev/null``.
+
+        The parent still uses these connections. Whatever the child's copies of the old objects do later (a
+        finaliser closing a transport, a TLS close_notify), it then reaches ``/dev/null``, never the parent's
+        connection.
+        """
+        self._closed = True
+        conns, self._open, self._idle = self._open, set(), {}
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
             for conn in conns:
-                conn.close()
+                sock = conn.writer.get_extra_info("socket")
+                fd = sock.fileno() if sock is not None else -1
+                if fd >= 0:
+                    os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
