@@ -790,7 +790,10 @@ class DeliveryPipeline:
         connection failures), ``retried``, ``set_aside_reasons``.
         """
         self._check_pid()
-        wall = self._clock()
+        try:
+            wall = self._clock()
+        except Exception:  # a broken user clock must not make stats() fail
+            wall = time.time()
         now = time.monotonic()
         exporter_in_flight = getattr(self._exporter, "in_flight", None)
         with self._lock:
