@@ -18,6 +18,7 @@ URL and stops when stdin closes); the exporter benchmark uses that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -29,9 +30,9 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from decimal import Decimal
 from http import HTTPStatus
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -181,16 +182,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.last_done = time.monotonic()
 
     def finish(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
         self.server.fake._close(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging."""
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_GET(self) -> None:
         """``GET /_ledger``: the stored events and the request log, for a fake running in another process."""
         fake = self.server.fake
         with fake._lock:
@@ -203,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(data), data))
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+    def do_POST(self) -> None:
         fake = self.server.fake
         arrived = time.monotonic()
         index = self.conn_index
@@ -367,10 +366,8 @@ class FakePaygentic:
         with self._lock:
             conns = list(self._conns.values())
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(5)
         self._server = None

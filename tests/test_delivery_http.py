@@ -6,7 +6,6 @@ import importlib.util
 import json
 import random
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -109,7 +108,9 @@ def test_t04_no_double_count_under_faults(make_pipeline: MakePipeline) -> None:
 # ---------------------------------------------------------------------------------------------- hot path, hung server
 
 
-def test_t01_hot_path_does_no_network_io(fake: Any, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_t01_hot_path_does_no_network_io(
+    fake: Any, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """100 000 submits against a black-holed endpoint: no socket call on the caller thread; p99 reported."""
     fake.script = lambda info: fp.BLACK_HOLE
     io_threads: set[int] = set()

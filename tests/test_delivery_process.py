@@ -85,7 +85,7 @@ def _run(tmp_path: Path, source: str) -> subprocess.Popen[str]:
 @pytest.mark.slow
 def test_t09_events_are_delivered_when_main_returns(fake: Any, tmp_path: Path) -> None:
     proc = _run(tmp_path, _script(fake.url, 5.0))
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert fake.keys() == {f"t09-{i}" for i in range(100)}
