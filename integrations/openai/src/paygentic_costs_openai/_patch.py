@@ -211,6 +211,7 @@ class _Wrappers:
         # if the response dies unparsed, count usage_missing (naming the call site) instead of guessing.
         site = _call_site(prepared.operation, "raw response")
         finalizer = weakref.finalize(response, _missing, call, site)
+        finalizer.atexit = False  # at interpreter exit the runtime may be gone; a warning then would only be noise
         self._pending[response] = _Pending(call, prepared.operation, site, finalizer)
 
     def _parsed(self, instance: Any, parsed: Any) -> Any:

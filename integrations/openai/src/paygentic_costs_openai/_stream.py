@@ -78,13 +78,12 @@ class ChatStreamState(StreamState):
 
     def on_chunk(self, chunk: Any) -> None:
         """Remember the id, model and tier once, and the usage when the usage chunk passes."""
-        if not isinstance(chunk, ChatCompletionChunk):
-            return
-        if self.request_id is None:
+        usage = getattr(chunk, "usage", None)  # one lookup on the common path (a content chunk without usage)
+        if self.request_id is None and isinstance(chunk, ChatCompletionChunk):
             self.request_id = chunk.id or None
             self.model = chunk.model or None
             self.service_tier = chunk.service_tier
-        if chunk.usage is not None:
+        if usage is not None and isinstance(chunk, ChatCompletionChunk):
             self.usage = chunk.usage
             # The usage chunk repeats model and tier; they are the ones the price must use.
             self.model = chunk.model or self.model
@@ -151,9 +150,14 @@ class SyncHidingChatStream(SyncStreamProxy):
             return ahead
         while True:
             item = SyncStreamProxy.__next__(self)
-            if chunk_is_usage_only(item):
-                continue  # ours: the caller did not ask for it
-            if _finishes_a_choice(item):
+            if type(item) is not ChatCompletionChunk:  # exact type: this loop runs per chunk, keep it to one check
+                return item
+            choices = item.choices
+            if not choices:
+                if item.usage is not None:
+                    continue  # ours: the caller did not ask for it
+                return item
+            if choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
                 self._self_ahead = self._read_ahead()
             return item
 
@@ -184,9 +188,14 @@ class AsyncHidingChatStream(AsyncStreamProxy):
             return ahead
         while True:
             item = await AsyncStreamProxy.__anext__(self)
-            if chunk_is_usage_only(item):
-                continue  # ours: the caller did not ask for it
-            if _finishes_a_choice(item):
+            if type(item) is not ChatCompletionChunk:
+                return item
+            choices = item.choices
+            if not choices:
+                if item.usage is not None:
+                    continue  # ours: the caller did not ask for it
+                return item
+            if choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
                 self._self_ahead = await self._read_ahead()
             return item
 
