@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import sys
 import threading
@@ -223,7 +224,7 @@ def test_t03_exporter_exceptions_do_not_kill_the_worker(
 
 
 @pytest.mark.allow_internal_errors
-def test_t03_a_raising_on_error_callback_is_contained(pipelines: list[DeliveryPipeline], tmp_path: Path) -> None:
+def test_t03_a_raising_on_error_callback_is_contained(pipelines: list[DeliveryPipeline]) -> None:
     calls: list[str] = []
 
     def on_error(key: str, reason: str, detail: str) -> None:
@@ -231,9 +232,7 @@ def test_t03_a_raising_on_error_callback_is_contained(pipelines: list[DeliveryPi
         raise ValueError("callback bug")
 
     exporter = GatedExporter()
-    # A dead-letter path inside a missing directory: the write fails, is logged, nothing else breaks.
-    pipeline = _new(pipelines, exporter, max_queue_size=5, on_error=on_error,
-                    dead_letter_path=tmp_path / "missing" / "dead.jsonl")
+    pipeline = _new(pipelines, exporter, max_queue_size=5, on_error=on_error)
     results = [pipeline.submit(fp.make_event(f"cb-{i}")) for i in range(10)]
     assert results.count(False) == 5
     exporter.gate.set()
@@ -243,6 +242,39 @@ def test_t03_a_raising_on_error_callback_is_contained(pipelines: list[DeliveryPi
         time.sleep(0.01)
     assert len(calls) == 5
     assert pipeline._worker is not None and pipeline._worker.is_alive()
+
+
+class RejectAll:
+    def export(self, events: Sequence[CostEvent], timeout: float) -> Sequence[Outcome]:
+        return [Outcome("reject", reason="invalid type", status=400)] * len(events)
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+def test_t03_an_unwritable_dead_letter_file_is_logged_not_raised(
+    pipelines: list[DeliveryPipeline], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = _new(pipelines, RejectAll(), dead_letter_path=tmp_path)  # a directory: every append fails
+    with caplog.at_level(logging.ERROR, logger="paygentic_costs.internal"):
+        pipeline.submit(fp.make_event("poison"))
+        assert pipeline.flush(timeout=5)
+    assert "cannot append to the dead-letter file" in caplog.text
+    assert pipeline.stats()["set_aside"] == 1 and pipeline.dead_letters[0].reason == "invalid type"
+    assert pipeline._worker is not None and pipeline._worker.is_alive()
+
+
+def test_dead_letter_file_lines_are_replayable(pipelines: list[DeliveryPipeline], tmp_path: Path) -> None:
+    path = tmp_path / "state" / "dead-letter.jsonl"  # the directory is created on first use
+    pipeline = _new(pipelines, RejectAll(), dead_letter_path=path)
+    event = fp.make_event("poison", "0.000000123")
+    pipeline.submit(event)
+    assert pipeline.flush(timeout=5)
+    [line] = path.read_text().splitlines()
+    record = json.loads(line)
+    assert record["reason"] == "invalid type" and record["status"] == 400 and record["attempts"] == 0
+    assert CostEvent.from_json(json.dumps(record["event"], separators=(",", ":"))).idempotency_key == "poison"
+    assert line.endswith(',"event":' + event.to_json().decode() + "}")  # byte-exact body, digits intact
 
 
 @pytest.mark.allow_internal_errors

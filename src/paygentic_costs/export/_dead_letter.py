@@ -59,6 +59,9 @@ class DeadLetterBox:
         )
         line = head[:-1] + ',"event":' + body + "}\n"
         try:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
             with open(self.path, "a", encoding="ascii") as fh:
                 fh.write(line)
         except OSError as exc:

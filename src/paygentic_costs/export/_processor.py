@@ -717,7 +717,8 @@ class DeliveryPipeline:
             self._wake.set()
             worker = self._worker
             if worker is not None and worker.is_alive():
-                worker.join(max(0.0, deadline - time.monotonic()))
+                if worker is not threading.current_thread():  # e.g. shutdown() from inside on_error
+                    worker.join(max(0.0, deadline - time.monotonic()))
             elif pending:
                 self._drive_inline(None, deadline)
             self._abandon_rest()
