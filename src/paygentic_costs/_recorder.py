@@ -78,6 +78,10 @@ def _check_dimensions(dimensions: Mapping[str, Any]) -> None:
             raise InvalidCostError(f"dimension {name!r} is NaN")
 
 
+def _str_or_none(value: object) -> bool:
+    return value is None or type(value) is str or isinstance(value, str)
+
+
 def _new_key() -> str:
     return str(uuid.uuid4())
 
@@ -156,9 +160,10 @@ class Recorder:
             raise InvalidCostError(f"usage must be a paygentic_costs.Usage, got {type(usage).__name__}")
         if dimensions:
             _check_dimensions(dimensions)
-        for name, value in (("provider", provider), ("operation", operation), ("model", model)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidCostError(f"{name} must be a string, got {type(value).__name__}")
+        if not (_str_or_none(provider) and _str_or_none(operation) and _str_or_none(model)):
+            for name, value in (("provider", provider), ("operation", operation), ("model", model)):
+                if not _str_or_none(value):
+                    raise InvalidCostError(f"{name} must be a string, got {type(value).__name__}")
         if timestamp is not None and not isinstance(timestamp, datetime):
             raise InvalidCostError("timestamp must be a datetime")
 
@@ -169,9 +174,8 @@ class Recorder:
             return self._unattributed(event_type, provider, model)
 
         moment = timestamp if timestamp is not None else datetime.now(timezone.utc)
-        if explicit_amount is not None:
-            price: Price | None = Price(explicit_amount, self.settings.currency, "code")
-        else:
+        price: Price | None = None
+        if explicit_amount is None:
             assert usage is not None
             price = self._price(usage, provider, operation, model, moment, service_tier, batch)
 
@@ -192,13 +196,16 @@ class Recorder:
         if request_id is not None:
             data["request_id"] = request_id
 
-        if price is None:
+        if explicit_amount is not None:  # an amount written in code is used as given
+            data["amount"] = explicit_amount
+            data["currency"] = self.settings.currency
+        elif price is None:
             self._hold_unpriced(event_type, subject, external, key, moment, data, usage, provider, model, operation,
                                 service_tier, batch)
             return None
-        data["amount"] = price.amount
-        data["currency"] = price.currency
-        if price.rate_id != "code":
+        else:
+            data["amount"] = price.amount
+            data["currency"] = price.currency
             data["rate"] = price.rate_id
         event = CostEvent(event_type, self.settings.source, key, moment, data, subject, external)
         self.emit(event)

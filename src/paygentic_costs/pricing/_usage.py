@@ -52,12 +52,20 @@ class Usage:
 
     def as_dict(self) -> dict[str, int | Decimal]:
         """The buckets that are set, by name (what goes into the event's ``data``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        result: dict[str, int | Decimal] = {}
+        for name in _USAGE_FIELDS:  # a precomputed tuple: dataclasses.fields() is slow on the hot path
+            value = getattr(self, name)
+            if value is not None:
+                result[name] = value
+        return result
 
     @property
     def is_empty(self) -> bool:
         """True when the provider reported nothing at all."""
         return not self.as_dict()
+
+
+_USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
 @dataclass(frozen=True, slots=True)
