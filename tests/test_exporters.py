@@ -114,6 +114,7 @@ def test_in_memory_exporter_keeps_and_clears() -> None:
     exporter.clear()
     assert exporter.events == []
     pipeline.shutdown()
+    fp.assert_identity(pipeline.stats())
 
 
 # ---------------------------------------------------------------------------------------------- classification
@@ -232,6 +233,8 @@ def test_the_api_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
         stats = pipeline.stats()
         pipeline.shutdown(timeout=0.2)
     assert stats["requests"]["network"] >= 1
+    fp.assert_identity(stats)
+    fp.assert_identity(pipeline.stats())
     assert TOKEN not in caplog.text and TOKEN not in json.dumps(stats, default=str)
     for item in pipeline.dead_letters:
         assert TOKEN not in item.reason
