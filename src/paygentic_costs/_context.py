@@ -6,6 +6,7 @@ flows into asyncio tasks by itself, and is carried into threads by :func:`wrap` 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -32,10 +33,14 @@ __all__ = [
 ]
 
 _KEY = otel_context.create_key("paygentic_costs.attribution")
-_ACTIVE_CALL_KEY = otel_context.create_key("paygentic_costs.active_call")
-_SUPPRESS_KEY = otel_context.create_key("paygentic_costs.suppress")
+# Per-call markers are plain ContextVars: they are set around every provider call, and an OTel attach/detach pair
+# (a context copy each) costs several times more. They still follow asyncio tasks and pc.wrap() like the rest.
+_active_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("paygentic_costs_active_call", default=None)
+_suppressed: contextvars.ContextVar[bool] = contextvars.ContextVar("paygentic_costs_suppressed", default=False)
 # OpenTelemetry's own "suppress instrumentation" key: honouring it keeps us quiet inside OTel exporters too.
-_OTEL_SUPPRESS_KEY: object = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", _SUPPRESS_KEY)
+_OTEL_SUPPRESS_KEY: object = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None) or otel_context.create_key(
+    "suppress_instrumentation"
+)
 _EMPTY_DIMS: Mapping[str, Any] = MappingProxyType({})
 _MAX_KEY_PREFIX = 100  # Paygentic's key limit is undocumented; Stripe allows 100. Longer ids are hashed, not cut.
 
@@ -255,46 +260,41 @@ def wrap(fn: F) -> F:
     ``executor.submit(pc.wrap(work), item)`` or ``threading.Thread(target=pc.wrap(work))`` — the one line that carries
     the customer and job into plain threads (asyncio tasks inherit them by themselves).
     """
-    captured = otel_context.get_current()
+    captured = contextvars.copy_context()  # the OTel context (attribution) and our per-call markers alike
 
     @functools.wraps(fn)
     def bound(*args: Any, **kwargs: Any) -> Any:
-        token = otel_context.attach(captured)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            otel_context.detach(token)
+        # A fresh copy per call: one Context cannot be entered by two threads at once (executor.map(pc.wrap(f))).
+        return captured.copy().run(fn, *args, **kwargs)
 
     return cast(F, bound)
 
 
 def active_call() -> object | None:
     """The provider call being recorded in this context, if any (so lower layers don't record it again)."""
-    return otel_context.get_value(_ACTIVE_CALL_KEY)
+    return _active_call.get()
 
 
 def enter_call(call: object) -> object:
     """Mark ``call`` as the active provider call; returns the token for :func:`exit_call`."""
-    return otel_context.attach(otel_context.set_value(_ACTIVE_CALL_KEY, call))
+    return _active_call.set(call)
 
 
 def exit_call(token: object) -> None:
     """Undo :func:`enter_call`."""
-    otel_context.detach(token)  # type: ignore[arg-type]
+    _active_call.reset(token)  # type: ignore[arg-type]
 
 
 def is_suppressed() -> bool:
     """True inside :func:`suppressed` (and inside OpenTelemetry's own suppression, e.g. its exporters)."""
-    return bool(otel_context.get_value(_SUPPRESS_KEY) or otel_context.get_value(_OTEL_SUPPRESS_KEY))  # type: ignore[arg-type]
+    return _suppressed.get() or bool(otel_context.get_value(_OTEL_SUPPRESS_KEY))  # type: ignore[arg-type]
 
 
 class suppressed:  # noqa: N801 - a context manager, named like one
     """Nothing inside is recorded by any integration (our own export traffic runs under this)."""
 
     def __enter__(self) -> None:
-        ctx = otel_context.set_value(_SUPPRESS_KEY, True)
-        ctx = otel_context.set_value(_OTEL_SUPPRESS_KEY, True, ctx)  # type: ignore[arg-type]
-        self._token = otel_context.attach(ctx)
+        self._token = _suppressed.set(True)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        otel_context.detach(self._token)
+        _suppressed.reset(self._token)

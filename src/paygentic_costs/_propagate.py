@@ -12,7 +12,8 @@ from ._context import wrap
 
 __all__ = ["disable_propagation", "enable_propagation"]
 
-_MARKER = "_paygentic_costs_propagate"
+# `_self_` keeps the marker on the wrapt wrapper: other names are forwarded to (and left on) the original function.
+_MARKER = "_self_paygentic_costs_propagate"
 _originals: dict[str, Any] = {}
 
 

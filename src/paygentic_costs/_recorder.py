@@ -354,7 +354,7 @@ class CallHandle:
     prices, attributes and emits.
     """
 
-    __slots__ = ("_done", "_lock", "_tokens", "attribution", "event_type", "model", "operation", "provider", "recorder")
+    __slots__ = ("_claim_token", "_tokens", "attribution", "event_type", "model", "operation", "provider", "recorder")
 
     def __init__(
         self, recorder: Recorder, provider: str, operation: str, event_type: str, model: str | None,
@@ -366,8 +366,7 @@ class CallHandle:
         self.event_type = event_type
         self.model = model
         self.attribution = attribution
-        self._done = False
-        self._lock = threading.Lock()
+        self._claim_token = [True]  # list.pop() is atomic: exactly one of finish/fail/GC-finalize wins, no lock
         self._tokens: list[object] = []
 
     def __enter__(self) -> CallHandle:
@@ -381,16 +380,15 @@ class CallHandle:
             self.fail(ev)
 
     def _claim(self) -> bool:
-        with self._lock:
-            if self._done:
-                return False
-            self._done = True
-            return True
+        try:
+            return self._claim_token.pop()
+        except IndexError:
+            return False
 
     @property
     def done(self) -> bool:
         """True once the call was finished or failed."""
-        return self._done
+        return not self._claim_token
 
     def finish(
         self,

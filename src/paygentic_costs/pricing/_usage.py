@@ -36,19 +36,24 @@ class Usage:
     seconds: Decimal | None = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
+        # Integrations build one Usage per provider call, so validation is a plain loop over precomputed names.
+        for name in _TOKEN_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 0):
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    continue  # an int subclass (e.g. IntEnum) is fine
+                raise ValueError(f"Usage.{name} must be a non-negative int, got {value!r}")
+        for name in ("units", "seconds"):
+            value = getattr(self, name)
             if value is None:
                 continue
-            if f.name in ("units", "seconds"):
-                if not isinstance(value, (int, Decimal)) or isinstance(value, bool):
-                    raise TypeError(f"Usage.{f.name} must be an int or Decimal, got {type(value).__name__}")
-                if isinstance(value, int):
-                    object.__setattr__(self, f.name, Decimal(value))
-                if not Decimal(value).is_finite() or value < 0:
-                    raise ValueError(f"Usage.{f.name} must be finite and >= 0, got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"Usage.{f.name} must be a non-negative int, got {value!r}")
+            if not isinstance(value, (int, Decimal)) or isinstance(value, bool):
+                raise TypeError(f"Usage.{name} must be an int or Decimal, got {type(value).__name__}")
+            if isinstance(value, int):
+                value = Decimal(value)
+                object.__setattr__(self, name, value)
+            if not value.is_finite() or value < 0:
+                raise ValueError(f"Usage.{name} must be finite and >= 0, got {value!r}")
 
     def as_dict(self) -> dict[str, int | Decimal]:
         """The buckets that are set, by name (what goes into the event's ``data``)."""
@@ -62,10 +67,14 @@ class Usage:
     @property
     def is_empty(self) -> bool:
         """True when the provider reported nothing at all."""
-        return not self.as_dict()
+        for name in _USAGE_FIELDS:
+            if getattr(self, name) is not None:
+                return False
+        return True
 
 
 _USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+_TOKEN_FIELDS: tuple[str, ...] = tuple(name for name in _USAGE_FIELDS if name not in ("units", "seconds"))
 
 
 @dataclass(frozen=True, slots=True)
