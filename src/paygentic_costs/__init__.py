@@ -33,6 +33,7 @@ from ._errors import (
     UnattributedCostError,
 )
 from ._events import CostEvent
+from ._serverless import flush_after
 from ._tracking import meter, track
 from .export._base import Exporter
 from .pricing import Price, Usage
@@ -66,6 +67,7 @@ __all__ = [
     "configure",
     "customer",
     "flush",
+    "flush_after",
     "instrument",
     "job",
     "meter",
