@@ -208,6 +208,8 @@ class DeliveryPipeline:
         self._deadline: float | None = None  # monotonic; set by shutdown()
         self._abandoned = False  # shutdown has counted what was left; the worker must not touch counters
         self._idle = False
+        self._paused = False  # pause(): start no new sends until resume()
+        self._flushing = 0  # flush() calls in progress; each lets a paused pipeline send for its duration
 
     # ------------------------------------------------------------------ hot path
 
@@ -353,6 +355,9 @@ class DeliveryPipeline:
             paused_until = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
             probing = self._auth_paused or self._consecutive_failures >= self._breaker_threshold
             concurrency = self._concurrency
+            held = self._held_locked()
+        if held:
+            return _IDLE_WAIT  # resume(), flush() and shutdown() wake the worker
         if now < paused_until:
             return paused_until - now
         stream = getattr(self._exporter, "export_stream", None)
@@ -382,6 +387,10 @@ class DeliveryPipeline:
             self._batch_in_flight = 0
         self._apply(batch, outcomes)
         return 0.0
+
+    def _held_locked(self) -> bool:
+        """Paused, and no flush or shutdown asks for sending right now."""
+        return self._paused and not self._flushing and self._deadline is None
 
     def _expire(self, entries: list[Entry], now: float) -> list[Entry]:
         """Set aside entries past the dedup horizon; return the others."""
@@ -443,7 +452,8 @@ class DeliveryPipeline:
                 probing = self._auth_paused or self._consecutive_failures >= self._breaker_threshold
                 concurrency = self._concurrency
                 stopping = self._deadline
-            if now < paused_until or (stopping is not None and now >= stopping):
+                held = self._held_locked()
+            if held or now < paused_until or (stopping is not None and now >= stopping):
                 return []
             in_flight = len(self._streaming)
             room = (1 if probing else concurrency) - in_flight
@@ -648,11 +658,34 @@ class DeliveryPipeline:
     def _succeeded_locked(self, target: int) -> bool:
         return self._lost_min_seq is None or self._lost_min_seq > target
 
+    def pause(self) -> None:
+        """Stop starting new sends until :meth:`resume` (e.g. before a serverless platform freezes the process).
+
+        Requests already on the wire may finish. ``submit()`` keeps accepting events (and the spool keeps
+        committing them). :meth:`flush` still sends while it runs and leaves the pipeline paused when it returns;
+        :meth:`shutdown` sends regardless. Idempotent; never raises.
+        """
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        """Send again after :meth:`pause`. Idempotent; never raises."""
+        with self._lock:
+            self._paused = False
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._paused
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every event submitted before this call is acknowledged or set aside.
 
-        Never raises. Safe from any thread, including one running an asyncio loop (it only waits on a condition;
-        prefer :meth:`aflush` there, which does not block the loop).
+        Flushing implies sending: on a paused pipeline it sends for the duration of the call and the pipeline is
+        paused again when it returns (new sends stop; requests on the wire may finish). Never raises. Safe from
+        any thread, including one running an asyncio loop (it only waits on a condition; prefer :meth:`aflush`
+        there, which does not block the loop).
 
         Returns:
             True if that happened within ``timeout`` seconds.
@@ -664,27 +697,36 @@ class DeliveryPipeline:
                 target = self._seq
                 if self._done_locked(target):
                     return self._succeeded_locked(target)
-            if _running_loop():
-                _throttle.log(
-                    logger, logging.WARNING, "flush-in-loop",
-                    "flush() called from a running event loop blocks it; use `await pipeline.aflush()`",
-                )
-            if self._worker is None:
-                self._start_worker()
-            if self._worker_alive():
-                self._wake.set()
-            else:
-                self._drive_inline(lambda: self._done_locked(target), deadline)
-            with self._cond:
-                while not self._done_locked(target):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
-                return self._succeeded_locked(target)
+                self._flushing += 1  # a paused pipeline sends while any flush runs
+            try:
+                return self._flush_wait(target, deadline)
+            finally:
+                with self._lock:
+                    self._flushing -= 1
         except Exception as exc:
             report_internal_error(exc, "export.flush")
             return False
+
+    def _flush_wait(self, target: int, deadline: float) -> bool:
+        """Wake the sender and wait until every event up to ``target`` is finished, or ``deadline``."""
+        if _running_loop():
+            _throttle.log(
+                logger, logging.WARNING, "flush-in-loop",
+                "flush() called from a running event loop blocks it; use `await pipeline.aflush()`",
+            )
+        if self._worker is None:
+            self._start_worker()
+        if self._worker_alive():
+            self._wake.set()
+        else:
+            self._drive_inline(lambda: self._done_locked(target), deadline)
+        with self._cond:
+            while not self._done_locked(target):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._succeeded_locked(target)
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         """:meth:`flush` without blocking the running event loop."""
@@ -771,8 +813,11 @@ class DeliveryPipeline:
 
     def _fork_reinit(self) -> None:
         """In a forked child: fresh locks and an empty queue (the parent still owns and sends its events),
-        counters from zero, the worker "not started", and the exporter's inherited connections forgotten."""
+        counters from zero, the worker "not started", and the exporter's inherited connections forgotten. A
+        paused parent has a paused child."""
+        paused = self._paused
         self._init_state()
+        self._paused = paused
         hook = getattr(self._exporter, "after_fork_in_child", None)
         if hook is not None:
             try:
@@ -823,6 +868,7 @@ class DeliveryPipeline:
                 "paused_until": wall + (paused - now) if paused > now else None,
                 "oldest_pending_age_s": max(0.0, wall - oldest) if oldest is not None else 0.0,
                 "circuit_state": circuit,
+                "paused": self._paused,
                 "requests": dict(self._requests),
                 "retried": self._retried,
                 "set_aside_reasons": dict(self._set_aside_reasons),
