@@ -93,6 +93,22 @@ def bare_httpx_sender(client: httpx.Client) -> Sender:
     return send
 
 
+def exporter_round(url: str, token: str, count: int, run: str) -> float:
+    """The project's own pipeline as the client: ``count`` records in a job, then ``flush``; events per second."""
+    import paygentic_costs as pc
+
+    pc.configure(api_key=token, base_url=url, source="bench", max_in_flight=8)
+    start = time.perf_counter()
+    with pc.job(f"bench-{run}", customer="cus_bench"):
+        for _ in range(count):
+            pc.record("cost.ai.inference", amount="0.0042", provider="openai", model="gpt-4o-mini")
+    if not pc.flush(timeout=300):
+        raise RuntimeError(f"exporter did not deliver: {pc.stats()}")
+    elapsed = time.perf_counter() - start
+    pc.shutdown()
+    return count / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
@@ -106,7 +122,7 @@ def main() -> None:
         f"versions: fastapi={version('fastapi')} uvicorn={version('uvicorn')} httpx={version('httpx')} "
         f"sqlite={__import__('sqlite3').sqlite_version}"
     )
-    results: dict[str, list[float]] = {"sequential": [], f"{args.concurrency} threads": []}
+    results: dict[str, list[float]] = {"sequential": [], f"{args.concurrency} threads": [], "project exporter": []}
     with server_process() as url:
         token = f"sk_bench_{uuid.uuid4().hex}"
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
@@ -117,12 +133,13 @@ def main() -> None:
                 for label, threads in (("sequential", 1), (f"{args.concurrency} threads", args.concurrency)):
                     bodies = event_bodies(args.events, f"r{round_no}-{threads}")
                     results[label].append(bench_sender(send, bodies, threads))
+                results["project exporter"].append(exporter_round(url, token, args.events, f"r{round_no}"))
             stored = client.get("/_local/events", params={"limit": 1}).json()["pagination"]["total"]
-    expected = 1 + args.events * args.rounds * 2
+    expected = 1 + args.events * args.rounds * 3
     print(f"stored {stored} of {expected} events sent")
     for label, rates in results.items():
         print(
-            f"bare httpx, {label}: median {statistics.median(rates):,.0f} events/s "
+            f"{label if label == 'project exporter' else 'bare httpx, ' + label}: median {statistics.median(rates):,.0f} events/s "
             f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})"
         )
 
