@@ -30,12 +30,15 @@ def noop(event_type: str, **kwargs: object) -> None:
 def variants() -> dict[str, object]:
     usage = pc.Usage(input_tokens=1200, output_tokens=300, cache_read_tokens=1024)
     return {
-        "baseline (no-op call, same arguments)": lambda: noop("cost.enrichment", amount=Decimal("0.0010"),
-                                                             provider="clearbit", operation="enrich"),
-        "record(amount=...)": lambda: pc.record("cost.enrichment", amount=Decimal("0.0010"), provider="clearbit",
-                                                operation="enrich"),
+        "baseline (no-op call, same arguments)": lambda: noop(
+            "cost.enrichment", amount=Decimal("0.0010"), provider="clearbit", operation="enrich"
+        ),
+        "record(amount=...)": lambda: pc.record(
+            "cost.enrichment", amount=Decimal("0.0010"), provider="clearbit", operation="enrich"
+        ),
         "record(usage=..., model=...) priced by the catalog": lambda: pc.record(
-            "cost.ai.inference", usage=usage, provider="openai", model="gpt-4o-mini-2024-07-18"),
+            "cost.ai.inference", usage=usage, provider="openai", model="gpt-4o-mini-2024-07-18"
+        ),
     }
 
 
@@ -67,12 +70,16 @@ def run(label: str) -> None:
     print(f"\n{label}\n")
     print("| variant | median | p99 | added over baseline (median of per-round differences) |")
     print("|---|---:|---:|---:|")
-    print(f"| baseline | {statistics.median(m for m, _ in base) / 1000:.2f} µs | "
-          f"{statistics.median(p for _, p in base) / 1000:.2f} µs | — |")
+    print(
+        f"| baseline | {statistics.median(m for m, _ in base) / 1000:.2f} µs | "
+        f"{statistics.median(p for _, p in base) / 1000:.2f} µs | — |"
+    )
     for name, rounds in timings.items():
-        added = statistics.median(m - b for (m, _), (b, _) in zip(rounds, base))
-        print(f"| {name} | {statistics.median(m for m, _ in rounds) / 1000:.2f} µs | "
-              f"{statistics.median(p for _, p in rounds) / 1000:.2f} µs | {added / 1000:.2f} µs |")
+        added = statistics.median(m - b for (m, _), (b, _) in zip(rounds, base, strict=True))
+        print(
+            f"| {name} | {statistics.median(m for m, _ in rounds) / 1000:.2f} µs | "
+            f"{statistics.median(p for _, p in rounds) / 1000:.2f} µs | {added / 1000:.2f} µs |"
+        )
     stats = pc.stats()
     assert sum(stats["dropped"].values()) == 0, stats
 
@@ -93,17 +100,26 @@ def calibration() -> float:
 
 def main() -> None:
     pair = calibration()
-    print(f"Calibration: a contextvar set/get/reset pair takes {pair:.2f} µs here (0.12 µs on the reference "
-          f"machines of bench-notes.md), so this machine runs ~{pair / 0.12:.1f}x slower right now; load "
-          f"average {os.getloadavg()[0]:.1f}.")
-    print(f"record() on {os.cpu_count()} x {platform.machine()}, Python {platform.python_version()}, "
-          f"paygentic-costs {version('paygentic-costs')}, genai-prices {version('genai-prices')}, "
-          f"{ROUNDS} rounds x {CALLS} calls per variant")
+    print(
+        f"Calibration: a contextvar set/get/reset pair takes {pair:.2f} µs here (0.12 µs on the reference "
+        f"machines of bench-notes.md), so this machine runs ~{pair / 0.12:.1f}x slower right now; load "
+        f"average {os.getloadavg()[0]:.1f}."
+    )
+    print(
+        f"record() on {os.cpu_count()} x {platform.machine()}, Python {platform.python_version()}, "
+        f"paygentic-costs {version('paygentic-costs')}, genai-prices {version('genai-prices')}, "
+        f"{ROUNDS} rounds x {CALLS} calls per variant"
+    )
     listener = black_hole()
     port = listener.getsockname()[1]
-    pc.configure(api_key="sk_bench", base_url=f"http://127.0.0.1:{port}", max_queue_size=1_000_000, source="bench",
-                 shutdown_timeout=0)
-    run(f"Endpoint black-holed (delivery.md T01: the worker is blocked on the network, as under real latency)")
+    pc.configure(
+        api_key="sk_bench",
+        base_url=f"http://127.0.0.1:{port}",
+        max_queue_size=1_000_000,
+        source="bench",
+        shutdown_timeout=0,
+    )
+    run("Endpoint black-holed (delivery.md T01: the worker is blocked on the network, as under real latency)")
     pc.shutdown(timeout=0)
     pc.configure(exporter=InMemoryExporter(), max_queue_size=1_000_000, source="bench")
     run("In-memory exporter (the worker is idle between events, so every record() wakes it: the worst case)")

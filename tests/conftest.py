@@ -16,8 +16,14 @@ from paygentic_costs._propagate import disable_propagation
 def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep held/set-aside files in the test's tmp dir and never pick up a developer's real key."""
     monkeypatch.setenv("PAYGENTIC_COSTS_STATE_DIR", str(tmp_path / "state"))
-    for name in ("PAYGENTIC_API_KEY", "PAYGENTIC_BEARER_AUTH", "PAYGENTIC_BASE_URL", "PAYGENTIC_COSTS_RATES",
-                 "PAYGENTIC_COSTS_STRICT", "PAYGENTIC_COSTS_SPOOL_DIR"):
+    for name in (
+        "PAYGENTIC_API_KEY",
+        "PAYGENTIC_BEARER_AUTH",
+        "PAYGENTIC_BASE_URL",
+        "PAYGENTIC_COSTS_RATES",
+        "PAYGENTIC_COSTS_STRICT",
+        "PAYGENTIC_COSTS_SPOOL_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
     pc.uninstrument()

@@ -41,8 +41,9 @@ def test_demo_runs_end_to_end() -> None:
 
 def test_rates_show_prices_each_bucket(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rates = tmp_path / "rates.toml"
-    rates.write_text('[llm."openai:gpt-4o-mini"]\ninput_per_mtok = "0.15"\noutput_per_mtok = "0.60"\n'
-                     'cache_read_per_mtok = "0.075"\n')
+    rates.write_text(
+        '[llm."openai:gpt-4o-mini"]\ninput_per_mtok = "0.15"\noutput_per_mtok = "0.60"\ncache_read_per_mtok = "0.075"\n'
+    )
     assert main(["rates", "show", "openai:gpt-4o-mini-2024-07-18", "--rates", str(rates)]) == 0
     printed = capsys.readouterr().out
     assert "0.15" in printed and "0.6" in printed and "0.075" in printed and "file:openai:gpt-4o-mini" in printed
@@ -52,8 +53,9 @@ def test_rates_show_prices_each_bucket(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_doctor_checks_endpoint_and_key_without_printing_it(server: LocalServer) -> None:
     secret = "sk_doctor_SECRET_123"
-    out = subprocess.run([*CLI, "doctor", "--base-url", server.url, "--api-key", secret], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [*CLI, "doctor", "--base-url", server.url, "--api-key", secret], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reachable: yes" in out.stdout and "key: accepted" in out.stdout
     assert "openai" in out.stdout and "anthropic" in out.stdout
@@ -67,12 +69,20 @@ def test_doctor_reports_an_unreachable_endpoint() -> None:
     assert main(["doctor", "--base-url", f"http://127.0.0.1:{port}", "--api-key", "k"]) == 1
 
 
-def test_summary_reads_back_what_was_recorded(server: LocalServer, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_reads_back_what_was_recorded(
+    server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with Client("sk_sum", base_url=server.url) as client:
-        cost = client.create_cost("Enrichment", event_type="cost.enrichment", aggregation="SUM",
-                                  value_property="$.amount", unit_cost=1, currency="USD", product_id="prod_1",
-                                  group_by={"provider": "$.provider"})
+        cost = client.create_cost(
+            "Enrichment",
+            event_type="cost.enrichment",
+            aggregation="SUM",
+            value_property="$.amount",
+            unit_cost=1,
+            currency="USD",
+            product_id="prod_1",
+            group_by={"provider": "$.provider"},
+        )
     pc.configure(api_key="sk_sum", base_url=server.url, source="test")
     with pc.job("J", customer="cus_1"):
         for _ in range(3):
@@ -87,13 +97,16 @@ def test_summary_reads_back_what_was_recorded(server: LocalServer, tmp_path: Pat
     assert "Enrichment" in capsys.readouterr().out
 
 
-def test_reprice_sends_held_usage_once_a_rate_exists(server: LocalServer, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reprice_sends_held_usage_once_a_rate_exists(
+    server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PAYGENTIC_API_KEY", "sk_rp")
     monkeypatch.setenv("PAYGENTIC_BASE_URL", server.url)
     with pc.job("held-job", customer="cus_9"):
-        assert pc.record("cost.ai.inference", usage=pc.Usage(input_tokens=1_000_000), provider="acme",
-                         model="acme-1") is None
+        assert (
+            pc.record("cost.ai.inference", usage=pc.Usage(input_tokens=1_000_000), provider="acme", model="acme-1")
+            is None
+        )
     pc.shutdown()
     rates = tmp_path / "rates.toml"
     rates.write_text('[llm."acme:acme-1"]\ninput_per_mtok = "2.5"\noutput_per_mtok = "10"\n')
@@ -108,14 +121,21 @@ def test_serve_starts_a_server_that_accepts_events(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([*CLI, "serve", "--port", str(port), "--db", str(tmp_path / "s.db")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--db", str(tmp_path / "s.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                response = httpx.post(f"http://127.0.0.1:{port}/v0/events", headers={"Authorization": "Bearer t"},
-                                      json={"type": "cost.x", "source": "s", "subject": "c", "data": {"amount": 1}})
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v0/events",
+                    headers={"Authorization": "Bearer t"},
+                    json={"type": "cost.x", "source": "s", "subject": "c", "data": {"amount": 1}},
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "server did not start"

@@ -24,20 +24,27 @@ def server(tmp_path: Path) -> Iterator[LocalServer]:
 
 
 def _ledger(server: LocalServer, key: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{server.url}/_local/events", params={"limit": 100_000},
-                         headers={"Authorization": f"Bearer {key}"})
+    response = httpx.get(
+        f"{server.url}/_local/events", params={"limit": 100_000}, headers={"Authorization": f"Bearer {key}"}
+    )
     return list(response.json()["data"])
 
 
 def _python(code: str, server: LocalServer, key: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PAYGENTIC_API_KEY": key, "PAYGENTIC_BASE_URL": server.url,
-           "PAYGENTIC_COSTS_STATE_DIR": str(tmp_path / "child-state")}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=120, env=env)
+    env = {
+        **os.environ,
+        "PAYGENTIC_API_KEY": key,
+        "PAYGENTIC_BASE_URL": server.url,
+        "PAYGENTIC_COSTS_STATE_DIR": str(tmp_path / "child-state"),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
-def test_events_recorded_before_exit_are_delivered_without_an_explicit_flush(server: LocalServer,
-                                                                           tmp_path: Path) -> None:
+def test_events_recorded_before_exit_are_delivered_without_an_explicit_flush(
+    server: LocalServer, tmp_path: Path
+) -> None:
     out = _python(
         """
         import paygentic_costs as pc
@@ -45,7 +52,9 @@ def test_events_recorded_before_exit_are_delivered_without_an_explicit_flush(ser
             for i in range(100):
                 pc.record("cost.x", amount="0.01")
         """,
-        server, "sk_exit", tmp_path,
+        server,
+        "sk_exit",
+        tmp_path,
     )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     events = _ledger(server, "sk_exit")
@@ -71,7 +80,9 @@ def test_a_forked_child_never_resends_the_parents_events(server: LocalServer, tm
         assert os.waitstatus_to_exitcode(status) == 0
         assert pc.flush(10)
         """,
-        server, "sk_fork", tmp_path,
+        server,
+        "sk_fork",
+        tmp_path,
     )
     assert out.returncode == 0, out.stderr
     keys = [e["idempotencyKey"] for e in _ledger(server, "sk_fork")]

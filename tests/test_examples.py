@@ -16,8 +16,9 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PAYGENTIC")}
-    return subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120,
-                          env={**base, **env})
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env={**base, **env}
+    )
 
 
 def test_quickstart_without_a_key_prints_the_events(tmp_path: Path) -> None:
@@ -30,12 +31,20 @@ def test_quickstart_without_a_key_prints_the_events(tmp_path: Path) -> None:
 
 def test_quickstart_delivers_to_a_local_server(tmp_path: Path) -> None:
     with LocalServer(str(tmp_path / "db.sqlite")) as server:
-        out = _run({"PAYGENTIC_API_KEY": "sk_example", "PAYGENTIC_BASE_URL": server.url,
-                    "PAYGENTIC_COSTS_STATE_DIR": str(tmp_path)})
+        out = _run(
+            {
+                "PAYGENTIC_API_KEY": "sk_example",
+                "PAYGENTIC_BASE_URL": server.url,
+                "PAYGENTIC_COSTS_STATE_DIR": str(tmp_path),
+            }
+        )
         assert out.returncode == 0, out.stderr
         assert "delivered=True recorded=8 acknowledged=8" in out.stdout
         events = httpx.get(f"{server.url}/_local/events", headers={"Authorization": "Bearer sk_example"}).json()
     keys = sorted(e["idempotencyKey"] for e in events["data"])
-    assert keys == sorted(f"{job}-{t}" for job in ("job_xyz789", "job_xyz790")
-                          for t in ("cost.ocr", "cost.ai.inference", "cost.enrichment", "cost.compute"))
+    assert keys == sorted(
+        f"{job}-{t}"
+        for job in ("job_xyz789", "job_xyz790")
+        for t in ("cost.ocr", "cost.ai.inference", "cost.enrichment", "cost.compute")
+    )
     assert "sk_example" not in out.stdout + out.stderr

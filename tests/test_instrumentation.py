@@ -109,8 +109,11 @@ class ToyInstrumentor(Instrumentor):
         with call:
             reply = wrapped(*args, **kwargs)
         with guard("toy.extract"):
-            call.finish(Usage(input_tokens=reply.usage["in"], output_tokens=reply.usage["out"]), model=reply.model,
-                        request_id=reply.id)
+            call.finish(
+                Usage(input_tokens=reply.usage["in"], output_tokens=reply.usage["out"]),
+                model=reply.model,
+                request_id=reply.id,
+            )
         return reply
 
     def _on_stream(self, call: Any) -> dict[str, Any]:

@@ -22,15 +22,32 @@ def test_all_is_sorted_resolvable_and_complete(module: types.ModuleType) -> None
         assert getattr(module, name) is not None, name
     # Everything public that the module defines itself is a promise, so it must be listed.
     defined_here = {
-        name for name, value in vars(module).items()
+        name
+        for name, value in vars(module).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
     }
     assert defined_here <= set(exported), defined_here - set(exported)
 
 
 def test_top_level_reexports_the_documented_api() -> None:
-    for name in ("configure", "instrument", "uninstrument", "job", "customer", "record", "track", "meter", "flush",
-                 "aflush", "shutdown", "stats", "reprice", "wrap", "Usage", "RateTable"):
+    for name in (
+        "configure",
+        "instrument",
+        "uninstrument",
+        "job",
+        "customer",
+        "record",
+        "track",
+        "meter",
+        "flush",
+        "aflush",
+        "shutdown",
+        "stats",
+        "reprice",
+        "wrap",
+        "Usage",
+        "RateTable",
+    ):
         assert name in pc.__all__, name
 
 
@@ -63,8 +80,13 @@ def test_no_api_key_prints_events_with_one_notice() -> None:
         assert pc.flush(5)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": ":".join(sys.path)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": ":".join(sys.path)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("no API key configured") == 1
     printed = out.stdout + out.stderr

@@ -50,6 +50,7 @@ def __getattr__(name: str) -> Any:
         return RateTable
     raise AttributeError(f"module 'paygentic_costs' has no attribute {name!r}")
 
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -86,7 +87,7 @@ def configure(
     *,
     base_url: str | None = None,
     source: str | None = None,
-    rates: str | os.PathLike[str] | RateTable | dict[str, Any] | None = None,  # noqa: F821
+    rates: str | os.PathLike[str] | RateTable | dict[str, Any] | None = None,
     exporter: Exporter | None = None,
     max_queue_size: int = 10_000,
     max_in_flight: int = 8,
@@ -130,9 +131,19 @@ def configure(
         ConfigurationError: a setting is invalid (bad URL, bad rate file, out-of-range number...).
     """
     _runtime.configure(
-        api_key=api_key, base_url=base_url, source=source, rates=rates, exporter=exporter,
-        max_queue_size=max_queue_size, max_in_flight=max_in_flight, shutdown_timeout=shutdown_timeout,
-        spool_dir=spool_dir, durability=durability, strict=strict, propagate=propagate, state_dir=state_dir,
+        api_key=api_key,
+        base_url=base_url,
+        source=source,
+        rates=rates,
+        exporter=exporter,
+        max_queue_size=max_queue_size,
+        max_in_flight=max_in_flight,
+        shutdown_timeout=shutdown_timeout,
+        spool_dir=spool_dir,
+        durability=durability,
+        strict=strict,
+        propagate=propagate,
+        state_dir=state_dir,
         on_error=on_error,
     )
 
@@ -182,7 +193,8 @@ def record(
     ``operation`` for per-call/per-unit API rates, ``Usage(seconds=...)`` for compute).
 
     Example:
-        >>> record("cost.enrichment", amount=Decimal("0.0010"), provider="clearbit", operation="enrich")  # doctest: +SKIP
+        >>> with customer("cus_abc123"):
+        ...     event = record("cost.enrichment", amount=Decimal("0.0010"), provider="clearbit")
 
     Args:
         event_type: The cost metric's event type (``cost.ai.inference``, ``cost.enrichment``...).
@@ -207,9 +219,18 @@ def record(
         UnattributedCostError: only with ``strict=True``, when no customer is in context.
     """
     return _runtime.get_runtime().recorder.record(
-        event_type, amount=amount, usage=usage, provider=provider, operation=operation, model=model,
-        customer=customer, external_customer=external_customer, operation_id=operation_id, request_id=request_id,
-        timestamp=timestamp, dimensions=dimensions or None,
+        event_type,
+        amount=amount,
+        usage=usage,
+        provider=provider,
+        operation=operation,
+        model=model,
+        customer=customer,
+        external_customer=external_customer,
+        operation_id=operation_id,
+        request_id=request_id,
+        timestamp=timestamp,
+        dimensions=dimensions or None,
     )
 
 
@@ -267,7 +288,7 @@ def reprice() -> int:
     def priceable(item: dict[str, Any]) -> bool:
         return bool(runtime.recorder.reprice_items([item]))
 
-    for item, event in runtime.recorder.reprice_items(runtime.unpriced.take(priceable)):
+    for _item, event in runtime.recorder.reprice_items(runtime.unpriced.take(priceable)):
         if event.idempotency_key in priced_keys:
             continue
         priced_keys.add(event.idempotency_key)

@@ -35,7 +35,9 @@ __all__ = [
 _KEY = otel_context.create_key("paygentic_costs.attribution")
 # Per-call markers are plain ContextVars: they are set around every provider call, and an OTel attach/detach pair
 # (a context copy each) costs several times more. They still follow asyncio tasks and pc.wrap() like the rest.
-_active_call: contextvars.ContextVar[object | None] = contextvars.ContextVar("paygentic_costs_active_call", default=None)
+_active_call: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "paygentic_costs_active_call", default=None
+)
 _suppressed: contextvars.ContextVar[bool] = contextvars.ContextVar("paygentic_costs_suppressed", default=False)
 # OpenTelemetry's own "suppress instrumentation" key: honouring it keeps us quiet inside OTel exporters too.
 _OTEL_SUPPRESS_KEY: object = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None) or otel_context.create_key(
@@ -135,7 +137,9 @@ class _Scope:
     async def __aenter__(self) -> Attribution:
         return self.__enter__()
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(et, ev, tb)
 
     def _resolve_id(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -230,7 +234,7 @@ def job(
     return _Scope(build, job_id)
 
 
-def customer(id: str | None = None, *, external: str | None = None, **dimensions: Any) -> _Scope:  # noqa: A002
+def customer(id: str | None = None, *, external: str | None = None, **dimensions: Any) -> _Scope:
     """Attribute every cost inside to a customer, without starting a job.
 
     Args:
@@ -290,7 +294,7 @@ def is_suppressed() -> bool:
     return _suppressed.get() or bool(otel_context.get_value(_OTEL_SUPPRESS_KEY))  # type: ignore[arg-type]
 
 
-class suppressed:  # noqa: N801 - a context manager, named like one
+class suppressed:
     """Nothing inside is recorded by any integration (our own export traffic runs under this)."""
 
     def __enter__(self) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import TracebackType
 from decimal import Decimal, InvalidOperation
+from types import TracebackType
 from typing import Any
 
 from . import _context
@@ -44,7 +44,9 @@ def to_amount(value: object, what: str = "amount") -> Decimal:
         elif isinstance(value, str):
             result = Decimal(value.strip())
         else:
-            raise InvalidCostError(f"{what} must be a Decimal, int, float or numeric string, got {type(value).__name__}")
+            raise InvalidCostError(
+                f"{what} must be a Decimal, int, float or numeric string, got {type(value).__name__}"
+            )
     except InvalidOperation:
         raise InvalidCostError(f"{what} is not a number: {value!r}") from None
     if not result.is_finite():
@@ -171,7 +173,8 @@ class Recorder:
         subject = customer if customer is not None else (None if external_customer else attr.customer)
         external = external_customer if external_customer is not None else attr.external_customer
         if subject is None and external is None:
-            return self._unattributed(event_type, provider, model)
+            self._unattributed(event_type, provider, model)
+            return None
 
         moment = timestamp if timestamp is not None else datetime.now(timezone.utc)
         price: Price | None = None
@@ -200,8 +203,9 @@ class Recorder:
             data["amount"] = explicit_amount
             data["currency"] = self.settings.currency
         elif price is None:
-            self._hold_unpriced(event_type, subject, external, key, moment, data, usage, provider, model, operation,
-                                service_tier, batch)
+            self._hold_unpriced(
+                event_type, subject, external, key, moment, data, usage, provider, model, operation, service_tier, batch
+            )
             return None
         else:
             data["amount"] = price.amount
@@ -249,10 +253,13 @@ class Recorder:
             )
         self._count("unattributed")
         log_once(
-            public_logger, logging.WARNING, f"unattributed:{event_type}",
+            public_logger,
+            logging.WARNING,
+            f"unattributed:{event_type}",
             "paygentic_costs: a %r cost (%s) had no customer in context and was not sent; wrap the work in "
             "pc.job(..., customer=...) or pc.customer(...). Counted as 'unattributed' in stats().",
-            event_type, "/".join(x for x in (provider, model) if x) or "no provider",
+            event_type,
+            "/".join(x for x in (provider, model) if x) or "no provider",
         )
         return None
 
@@ -274,9 +281,12 @@ class Recorder:
         self._count("unpriced")
         what = f"{provider}:{model or operation}"
         log_once(
-            public_logger, logging.WARNING, f"unpriced:{what}",
+            public_logger,
+            logging.WARNING,
+            f"unpriced:{what}",
             "paygentic_costs: no rate prices %s; its usage is held (not sent as $0). Add it to your rate file, "
-            "then run pc.reprice() or `paygentic-costs reprice`.", what,
+            "then run pc.reprice() or `paygentic-costs reprice`.",
+            what,
         )
         item = {
             "type": event_type,
@@ -286,7 +296,10 @@ class Recorder:
             "idempotencyKey": key,
             "timestamp": moment.isoformat(),
             "data": {k: (decimal_to_json(v) if isinstance(v, Decimal) else v) for k, v in data.items()},
-            "usage": {k: (decimal_to_json(v) if isinstance(v, Decimal) else v) for k, v in (usage.as_dict() if usage else {}).items()},
+            "usage": {
+                k: (decimal_to_json(v) if isinstance(v, Decimal) else v)
+                for k, v in (usage.as_dict() if usage else {}).items()
+            },
             "provider": provider,
             "model": model,
             "operation": operation,
@@ -298,15 +311,22 @@ class Recorder:
         except Exception as exc:  # the store is ours; its failure must not reach the caller
             report_internal_error(exc, "unpriced.hold")
 
-    def reprice_items(self, items: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], CostEvent]]:
+    def reprice_items(self, items: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], CostEvent]]:
         """Price held items with the current rate table; returns (item, event) for those that now have a price."""
         priced: list[tuple[Mapping[str, Any], CostEvent]] = []
         for item in items:
             raw_usage = {k: (Decimal(v) if k in ("units", "seconds") else v) for k, v in item["usage"].items()}
-            usage = Usage(**raw_usage)
+            usage = Usage(**raw_usage)  # type: ignore[arg-type]  # the held form of Usage.as_dict()
             moment = datetime.fromisoformat(item["timestamp"])
-            price = self._price(usage, item["provider"], item["operation"], item["model"], moment,
-                                item.get("service_tier"), bool(item.get("batch")))
+            price = self._price(
+                usage,
+                item["provider"],
+                item["operation"],
+                item["model"],
+                moment,
+                item.get("service_tier"),
+                bool(item.get("batch")),
+            )
             if price is None:
                 continue
             data = dict(item["data"])
@@ -316,8 +336,15 @@ class Recorder:
             data["amount"] = price.amount
             data["currency"] = price.currency
             data["rate"] = price.rate_id
-            event = CostEvent(item["type"], item["source"], item["idempotencyKey"], moment, data,
-                              item.get("subject"), item.get("externalSubject"))
+            event = CostEvent(
+                item["type"],
+                item["source"],
+                item["idempotencyKey"],
+                moment,
+                data,
+                item.get("subject"),
+                item.get("externalSubject"),
+            )
             priced.append((item, event))
         return priced
 
@@ -332,9 +359,12 @@ class Recorder:
         self._count("usage_missing")
         where = call_site or f"{call.provider} {call.operation}"
         log_once(
-            public_logger, logging.WARNING, f"usage_missing:{where}",
+            public_logger,
+            logging.WARNING,
+            f"usage_missing:{where}",
             "paygentic_costs: %s returned no usage (e.g. a stream abandoned before the provider reported it); "
-            "no cost was invented. Counted as 'usage_missing' in stats().", where,
+            "no cost was invented. Counted as 'usage_missing' in stats().",
+            where,
         )
 
     def stats(self) -> dict[str, int]:
@@ -357,7 +387,12 @@ class CallHandle:
     __slots__ = ("_claim_token", "_tokens", "attribution", "event_type", "model", "operation", "provider", "recorder")
 
     def __init__(
-        self, recorder: Recorder, provider: str, operation: str, event_type: str, model: str | None,
+        self,
+        recorder: Recorder,
+        provider: str,
+        operation: str,
+        event_type: str,
+        model: str | None,
         attribution: Attribution,
     ) -> None:
         self.recorder = recorder

@@ -61,8 +61,9 @@ def _build_exporter(settings: Settings) -> Exporter:
     if settings.exporter is not None:
         return settings.exporter
     if settings.api_key:
-        return PaygenticExporter(settings.api_key.reveal(), base_url=settings.base_url,
-                                 max_in_flight=settings.max_in_flight)
+        return PaygenticExporter(
+            settings.api_key.reveal(), base_url=settings.base_url, max_in_flight=settings.max_in_flight
+        )
     public_logger.warning(
         "paygentic_costs: no API key configured (PAYGENTIC_API_KEY), so cost events are printed to stderr instead "
         "of sent. Pass configure(api_key=...) or set PAYGENTIC_API_KEY to send them to Paygentic."
@@ -110,9 +111,20 @@ def get_runtime() -> Runtime:
     with _lock:
         if _runtime is None:
             return configure(
-                api_key=None, base_url=None, source=None, rates=None, exporter=None, max_queue_size=10_000,
-                max_in_flight=8, shutdown_timeout=5.0, spool_dir=None, durability="batch", strict=None,
-                propagate=None, state_dir=None, on_error=None,
+                api_key=None,
+                base_url=None,
+                source=None,
+                rates=None,
+                exporter=None,
+                max_queue_size=10_000,
+                max_in_flight=8,
+                shutdown_timeout=5.0,
+                spool_dir=None,
+                durability="batch",
+                strict=None,
+                propagate=None,
+                state_dir=None,
+                on_error=None,
             )
         return _runtime
 

@@ -28,11 +28,11 @@ def _record(event_type: str, **kwargs: Any) -> None:
     get_runtime().recorder.record(event_type, **kwargs)
 
 
-class track:  # noqa: N801 - used as a decorator, named like one
+class track:
     """Record one cost event per call of the decorated function (sync or async), after it returns.
 
     The amount is, in order: ``amount`` (a value, or a callable given the function's result), ``per_call``,
-    ``per_unit`` × ``units`` (a number, or a callable given the result), else the rate file's
+    ``per_unit`` times ``units`` (a number, or a callable given the result), else the rate file's
     ``[api."provider:operation"]`` entry. A call that raises records nothing unless ``charge_errors=True`` (most APIs
     do not bill failed calls; some do).
 
@@ -77,17 +77,27 @@ class track:  # noqa: N801 - used as a decorator, named like one
             raise InvalidCostError("per_unit needs units=... (a number or a callable given the result)")
         self.units = units
         self.amount = amount if callable(amount) else (to_amount(amount) if amount is not None else None)
-        if self.amount is None and self.per_call is None and self.per_unit is None and (provider is None or operation is None):
-            raise InvalidCostError("track() needs a price (amount/per_call/per_unit) or provider= and operation= "
-                                   "to look one up in the rate file")
+        if (
+            self.amount is None
+            and self.per_call is None
+            and self.per_unit is None
+            and (provider is None or operation is None)
+        ):
+            raise InvalidCostError(
+                "track() needs a price (amount/per_call/per_unit) or provider= and operation= "
+                "to look one up in the rate file"
+            )
         self.charge_errors = charge_errors
         self.dimensions = dimensions
 
     def _after(self, result: Any) -> None:
         try:
             units = self.units(result) if callable(self.units) else self.units
-            kwargs: dict[str, Any] = {"provider": self.provider, "operation": self.operation,
-                                      "dimensions": self.dimensions or None}
+            kwargs: dict[str, Any] = {
+                "provider": self.provider,
+                "operation": self.operation,
+                "dimensions": self.dimensions or None,
+            }
             if callable(self.amount):
                 kwargs["amount"] = to_amount(self.amount(result))
             elif self.amount is not None:
@@ -136,7 +146,7 @@ class track:  # noqa: N801 - used as a decorator, named like one
         return cast(F, wrapper)
 
 
-class meter:  # noqa: N801 - a context manager / decorator, named like one
+class meter:
     """Price the wall-clock duration of a block (or of each call of a decorated function) as compute.
 
     ``per_hour`` / ``per_second`` give the price; without them the rate file's ``[compute."provider:operation"]``
@@ -182,8 +192,12 @@ class meter:  # noqa: N801 - a context manager / decorator, named like one
         try:
             ns = Decimal(elapsed_ns)
             seconds = ns / _NS_PER_SECOND
-            kwargs: dict[str, Any] = {"provider": self.provider, "operation": self.operation,
-                                      "usage": Usage(seconds=seconds), "dimensions": self.dimensions or None}
+            kwargs: dict[str, Any] = {
+                "provider": self.provider,
+                "operation": self.operation,
+                "usage": Usage(seconds=seconds),
+                "dimensions": self.dimensions or None,
+            }
             if self.per_hour is not None:
                 kwargs["amount"] = self.per_hour * ns / _NS_PER_HOUR
             elif self.per_second is not None:

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import wrapt
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -56,6 +56,11 @@ __all__ = [
 
 # The `_self_` prefix keeps the marker on the wrapt wrapper itself: any other name is forwarded to (and would stay on)
 # the wrapped original, so after uninstrument() the restored original would look "already ours" and never be re-patched.
+if TYPE_CHECKING:
+    _Proxy = wrapt.ObjectProxy[Any]
+else:  # subscripting is for the type checker only
+    _Proxy = wrapt.ObjectProxy
+
 _MARKER = "_self_paygentic_costs_patch"
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -266,7 +271,7 @@ class _StreamFinalizer:
             report_internal_error(exc, "stream.on_end")
 
 
-class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncStreamProxy(_Proxy):
     """Wraps a provider's sync stream: every item goes through ``on_chunk``; ``on_end`` runs exactly once.
 
     The proxy is transparent (``isinstance`` and attribute access reach the original stream); iteration, ``close()``
@@ -323,7 +328,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_final.end(None)
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(_Proxy):
     """The async twin of :class:`SyncStreamProxy` (``async for``, ``async with``, ``await close()``)."""
 
     def __init__(
@@ -356,7 +361,9 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             await enter()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> Any:
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> Any:
         try:
             exit_ = getattr(self.__wrapped__, "__aexit__", None)
             return (await exit_(et, ev, tb)) if exit_ is not None else None

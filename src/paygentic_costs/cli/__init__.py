@@ -67,9 +67,17 @@ def _cmd_reprice(args: argparse.Namespace) -> int:
     print(f"{len(held)} held cost(s) in {_runtime.get_runtime().unpriced.path}")
     sent = pc.reprice()
     delivered = pc.flush(timeout=args.timeout)
-    print(f"re-priced and sent {sent}; {len(held) - sent} still have no rate; delivered: {'yes' if delivered else 'no'}")
+    print(
+        f"re-priced and sent {sent}; {len(held) - sent} still have no rate; delivered: {'yes' if delivered else 'no'}"
+    )
     pc.shutdown()
     return 0 if delivered else 1
+
+
+def _cmd_rates(args: argparse.Namespace) -> int:
+    """Inspect the rate table: rates show PROVIDER:MODEL."""
+    build_parser().parse_args(["rates", "--help"])
+    return 2
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = add("doctor", _cmd_doctor)
     _add_connection(doctor)
 
-    rates = add("rates", lambda a: (rates.print_help(), 2)[1])  # `rates` alone prints its help
+    rates = add("rates", _cmd_rates)
     rates_cmds = rates.add_subparsers(dest="rates_command", metavar="ACTION")
-    show = rates_cmds.add_parser("show", help=(_cmd_rates_show.__doc__ or "").strip(), description=_cmd_rates_show.__doc__)
+    show = rates_cmds.add_parser(
+        "show", help=(_cmd_rates_show.__doc__ or "").strip(), description=_cmd_rates_show.__doc__
+    )
     show.add_argument("model", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini")
     show.add_argument("--rates", help="rate file (default: PAYGENTIC_COSTS_RATES)")
     show.set_defaults(handler=_cmd_rates_show)

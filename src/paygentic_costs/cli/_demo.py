@@ -52,7 +52,7 @@ def enrich(domain: str) -> dict[str, str]:
 def _llm_calls(provider_url: str) -> list[Any]:
     """One callable per SDK call shape; each makes a real SDK request to the simulated provider."""
     calls: list[Any] = []
-    prompt = [{"role": "user", "content": "Summarise this contract. " * 40}]
+    prompt: Any = [{"role": "user", "content": "Summarise this contract. " * 40}]
     if importlib.util.find_spec("openai") and importlib.util.find_spec("paygentic_costs_openai"):
         import openai
 
@@ -91,8 +91,13 @@ def _workload(provider_url: str, jobs_per_customer: int) -> int:
                 for call in calls:
                     call()
                 if not calls:
-                    pc.record("cost.ai.inference", usage=pc.Usage(input_tokens=3000, output_tokens=400),
-                              provider="openai", model="gpt-4o-mini", operation="chat.completions")
+                    pc.record(
+                        "cost.ai.inference",
+                        usage=pc.Usage(input_tokens=3000, output_tokens=400),
+                        provider="openai",
+                        model="gpt-4o-mini",
+                        operation="chat.completions",
+                    )
                 enrich(f"{customer}.example")
                 with pc.meter("cost.compute", provider="aws", operation="gpu-inference"):
                     time.sleep(0.002)
@@ -110,8 +115,13 @@ def _backfill_night(now: datetime) -> int:
             pages = rng.randint(5, 40) * weight
             when = now - timedelta(hours=hours_ago, minutes=rng.randint(0, 59))
             with pc.job(f"demo-ocr-{customer}-{hours_ago}", customer=customer, pipeline="ocr-batch"):
-                pc.record("cost.enrichment", usage=pc.Usage(units=pages), provider="textract", operation="analyze",
-                          timestamp=when)
+                pc.record(
+                    "cost.enrichment",
+                    usage=pc.Usage(units=Decimal(pages)),
+                    provider="textract",
+                    operation="analyze",
+                    timestamp=when,
+                )
             count += 1
     return count
 
@@ -139,10 +149,12 @@ def _report(base_url: str, now: datetime) -> None:
         rows: dict[str, dict[str, Decimal]] = defaultdict(dict)
         for cost in costs:
             for customer in CUSTOMERS:
-                summary = client.get_cost_summary(cost.id, start, end, subject=customer, group_by=["provider", "operation"])
-                for group in summary.groups:
-                    label = f"{group.dimensions.get('provider')}/{group.dimensions.get('operation')}"
-                    rows[customer][label] = rows[customer].get(label, Decimal(0)) + group.cost
+                summary = client.get_cost_summary(
+                    cost.id, start, end, subject=customer, group_by=["provider", "operation"]
+                )
+                for part in summary.groups:
+                    label = f"{part.dimensions.get('provider')}/{part.dimensions.get('operation')}"
+                    rows[customer][label] = rows[customer].get(label, Decimal(0)) + part.cost
         for customer, labels in rows.items():
             _say(f"  {customer}")
             for label, amount in sorted(labels.items(), key=lambda kv: -kv[1]):
@@ -157,8 +169,12 @@ def _report(base_url: str, now: datetime) -> None:
 
 
 def _ledger(base_url: str) -> tuple[int, int]:
-    response = httpx.get(f"{base_url}/_local/events", params={"limit": 100_000},
-                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    response = httpx.get(
+        f"{base_url}/_local/events",
+        params={"limit": 100_000},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
     events = response.json()["data"]
     keys = {e["idempotencyKey"] for e in events}
     return len(events), len(keys)
@@ -174,14 +190,27 @@ def run_demo(*, jobs_per_customer: int = 4, keep_serving: bool = False) -> int:
     with LocalServer(str(workdir / "paygentic-local.db")) as server, SimulatedProvider() as provider:
         _say(f"• local Paygentic server    {server.url}")
         _say(f"• simulated LLM provider    {provider.url}")
-        pc.configure(api_key=API_KEY, base_url=server.url, source="https://demo.myapp.example", rates=DEMO_RATES,
-                     state_dir=workdir / "state")
+        pc.configure(
+            api_key=API_KEY,
+            base_url=server.url,
+            source="https://demo.myapp.example",
+            rates=DEMO_RATES,
+            state_dir=workdir / "state",
+        )
         active = pc.instrument()
         _say(f"• instrumented              {', '.join(active) or 'nothing (no integrations installed)'}")
         with Client(API_KEY, base_url=server.url) as client:
             for name, event_type, group_by in METRICS:
-                client.create_cost(name, event_type=event_type, aggregation="SUM", value_property="$.amount",
-                                   unit_cost=1, currency="USD", product_id="prod_demo", group_by=group_by)
+                client.create_cost(
+                    name,
+                    event_type=event_type,
+                    aggregation="SUM",
+                    value_property="$.amount",
+                    unit_cost=1,
+                    currency="USD",
+                    product_id="prod_demo",
+                    group_by=group_by,
+                )
         _say(f"• cost metrics created      {', '.join(m[1] for m in METRICS)}\n")
         now = datetime.now(timezone.utc)
         _say("Running the workload:")
@@ -190,9 +219,11 @@ def run_demo(*, jobs_per_customer: int = 4, keep_serving: bool = False) -> int:
         _say(f"  + {backfilled} overnight OCR batches recorded from the job log")
         delivered = pc.flush(timeout=30)
         stats = pc.stats()
-        _say(f"\nDelivered: {stats['acknowledged']} of {stats['recorded']} events "
-             f"(dropped {sum(stats['dropped'].values())}, set aside {stats['set_aside']}, "
-             f"unattributed {stats['unattributed']}, unpriced {stats['unpriced']})")
+        _say(
+            f"\nDelivered: {stats['acknowledged']} of {stats['recorded']} events "
+            f"(dropped {sum(stats['dropped'].values())}, set aside {stats['set_aside']}, "
+            f"unattributed {stats['unattributed']}, unpriced {stats['unpriced']})"
+        )
         received, distinct = _ledger(server.url)
         _say(f"Server ledger: {received} events, {distinct} distinct idempotency keys, from {jobs} jobs")
         _report(server.url, now)

@@ -57,22 +57,50 @@ class _Handler(BaseHTTPRequestHandler):
         prompt, completion = _tokens(raw, "openai")
         cached = (prompt // 1024) * 1024 if prompt > 1024 else 0
         usage = {
-            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
         ident = f"chatcmpl-sim{self.server.next_id()}"
-        base = {"id": ident, "created": 1764000000, "model": model, "service_tier": "default",
-                "system_fingerprint": "fp_sim"}
+        base = {
+            "id": ident,
+            "created": 1764000000,
+            "model": model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_sim",
+        }
         if not request.get("stream"):
-            body = {**base, "object": "chat.completion", "usage": usage, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "".join(_WORDS), "refusal": None},
-                 "logprobs": None, "finish_reason": "stop"}]}
+            body = {
+                **base,
+                "object": "chat.completion",
+                "usage": usage,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(_WORDS), "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
             self._send(200, json.dumps(body).encode(), "application/json")
             return
-        chunks = [{**base, "object": "chat.completion.chunk", "usage": None, "choices": [
-            {"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": None}]} for word in _WORDS]
+        chunks = [
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "usage": None,
+                "choices": [{"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": None}],
+            }
+            for word in _WORDS
+        ]
         chunks[-1]["choices"][0]["finish_reason"] = "stop"
         if (request.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -80,18 +108,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, "".join(lines).encode(), "text/event-stream")
 
     def _anthropic(self, raw: bytes, request: dict[str, Any]) -> None:
-        model = {"claude-sonnet-4-5": "claude-sonnet-4-5-20250929", "claude-haiku-4-5": "claude-haiku-4-5-20251001"}.get(
-            request.get("model", ""), request.get("model", "")
-        )
+        model = {
+            "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
+            "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+        }.get(request.get("model", ""), request.get("model", ""))
         prompt, completion = _tokens(raw, "anthropic")
         cache_read = prompt // 2 if prompt > 1200 else 0
-        usage = {"input_tokens": prompt - cache_read, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": cache_read,
-                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
-                 "output_tokens": completion, "service_tier": "standard"}
+        usage = {
+            "input_tokens": prompt - cache_read,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": completion,
+            "service_tier": "standard",
+        }
         ident = f"msg_sim{self.server.next_id()}"
-        message = {"id": ident, "type": "message", "role": "assistant", "model": model,
-                   "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}
+        message = {
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
         if not request.get("stream"):
             body = {**message, "content": [{"type": "text", "text": "".join(_WORDS)}]}
             self._send(200, json.dumps(body).encode(), "application/json")
@@ -99,19 +139,32 @@ class _Handler(BaseHTTPRequestHandler):
         start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
         events: list[tuple[str, dict[str, Any]]] = [
             ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
         ]
-        events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                            "delta": {"type": "text_delta", "text": w}}) for w in _WORDS]
+        events += [
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+            )
+            for w in _WORDS
+        ]
         events += [
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": completion}}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": completion},
+                },
+            ),
             ("message_stop", {"type": "message_stop"}),
         ]
-        body = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
-        self._send(200, body.encode(), "text/event-stream")
+        sse = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+        self._send(200, sse.encode(), "text/event-stream")
 
 
 class _Server(ThreadingHTTPServer):
@@ -138,8 +191,7 @@ class SimulatedProvider:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:PORT``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def __enter__(self) -> SimulatedProvider:
         self._thread.start()

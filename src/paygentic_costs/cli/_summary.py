@@ -40,12 +40,20 @@ def run_summary(args: argparse.Namespace) -> int:
             cost_ids = args.costs or [c.id for c in client.list_costs(limit=100).data]
             for cost_id in cost_ids:
                 summary = client.get_cost_summary(cost_id, start, end, subject=args.customer, group_by=group_by)
-                rows.append({
-                    "id": summary.id, "name": summary.name, "currency": summary.currency,
-                    "totalCost": None if summary.total_cost is None else decimal_to_json(summary.total_cost),
-                    "totalQuantity": None if summary.total_quantity is None else decimal_to_json(summary.total_quantity),
-                    "groups": [{"dimensions": dict(g.dimensions), "cost": decimal_to_json(g.cost)} for g in summary.groups],
-                })
+                rows.append(
+                    {
+                        "id": summary.id,
+                        "name": summary.name,
+                        "currency": summary.currency,
+                        "totalCost": None if summary.total_cost is None else decimal_to_json(summary.total_cost),
+                        "totalQuantity": None
+                        if summary.total_quantity is None
+                        else decimal_to_json(summary.total_quantity),
+                        "groups": [
+                            {"dimensions": dict(g.dimensions), "cost": decimal_to_json(g.cost)} for g in summary.groups
+                        ],
+                    }
+                )
     except APIError as exc:
         print(f"API error: {exc}", file=sys.stderr)
         return 1
@@ -55,7 +63,10 @@ def run_summary(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"from": start.isoformat(), "to": end.isoformat(), "costs": rows}, indent=2))
         return 0
-    print(f"Costs from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC" + (f", customer {args.customer}" if args.customer else ""))
+    print(
+        f"Costs from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+        + (f", customer {args.customer}" if args.customer else "")
+    )
     if not rows:
         print("  (no cost metrics)")
     for row in rows:
