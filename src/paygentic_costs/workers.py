@@ -171,9 +171,22 @@ def __getattr__(name: str) -> Any:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # A second SIGTERM kills at once, as if no handler were installed.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
+    raise SystemExit(128 + signum)  # unwinds to multiprocessing's exit path, which runs the finalizers
+
+
+def _finalize_process() -> None:
+    # Pool.terminate() signals every worker, also one that already took its exit sentinel and is delivering here:
+    # a SIGTERM now would cut the delivery short. It is bounded by shutdown_timeout, so let it finish.
+    if _owns_sigterm(_on_sigterm):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _shutdown()
+
+
+def _owns_sigterm(*ours: object) -> bool:
+    """On the main thread of a POSIX process whose SIGTERM disposition is the default (or one of ``ours``)."""
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None, *ours)
 
 
 def init_worker_process() -> None:
@@ -183,13 +196,12 @@ def init_worker_process() -> None:
     ``with Pool(...)`` on exit) ends every worker with ``SIGTERM``, with any start method. This registers
     :func:`paygentic_costs.shutdown` as a multiprocessing finalizer of the child (it runs when the child exits
     normally: ``close()`` / ``join()``, ``maxtasksperchild``) and, if the child still has the default ``SIGTERM``
-    disposition, turns ``SIGTERM`` into a normal exit so the finalizer runs then too (bounded by
-    ``shutdown_timeout``; a second ``SIGTERM`` kills at once).
+    disposition, turns ``SIGTERM`` into a normal exit so the finalizer runs then too. While the finalizer delivers
+    (at most ``shutdown_timeout`` seconds) further ``SIGTERM`` signals are ignored.
 
     Call it at the start of the child: ``Pool(initializer=paygentic_costs.workers.init_worker_process)``, or from
-    your own initializer, or first thing in a ``Process`` target. Must run on the child's main thread.
+    your own initializer, or first thing in a ``Process`` target. The ``SIGTERM`` part needs the child's main thread.
     """
-    multiprocessing.util.Finalize(None, _shutdown, exitpriority=_FINALIZER_PRIORITY)
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    if on_main_thread and os.name == "posix" and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    multiprocessing.util.Finalize(None, _finalize_process, exitpriority=_FINALIZER_PRIORITY)
+    if _owns_sigterm():
         signal.signal(signal.SIGTERM, _on_sigterm)
