@@ -24,7 +24,7 @@ for folder in (_queue, _done):
 app = Celery("celery_app", broker="filesystem://")
 app.conf.update(
     broker_transport_options={"data_folder_in": str(_queue), "data_folder_out": str(_queue),
-                              "polling_interval": 0.05},
+                              "control_folder": str(_root / "control"), "polling_interval": 0.05},
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
     worker_enable_remote_control=False,  # the filesystem transport has no broadcast (pidbox) exchange
