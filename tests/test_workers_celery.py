@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+import paygentic_costs as pc
+import paygentic_costs.workers
+
 pytest.importorskip("celery", reason="celery is a test dependency (the dev extra)")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the prefork pool needs fork")
 
@@ -82,3 +85,18 @@ def test_celery_prefork_delivers_one_event_per_task(fake: Any, tmp_path: Path, o
     assert fake.keys() == {f"celery-{n}-cost.task" for n in range(TASKS)}
     assert fake.duplicates == 0
     assert "Traceback" not in text
+
+
+def test_flush_each_task_flushes_when_a_task_ends(fake: Any) -> None:
+    """``connect_celery(flush_each_task=True)``: the ``task_postrun`` signal waits until the task's events are acked."""
+    from celery import signals
+
+    pc.configure(api_key=harness.TOKEN, base_url=fake.url, source="https://celery.test")
+    paygentic_costs.workers.connect_celery(flush_each_task=True, timeout=10)
+    try:
+        pc.record("cost.task", amount="0.0010", customer="cus_celery", operation_id="postrun")
+        signals.task_postrun.send(sender=None, task_id="postrun", task=None, args=(), kwargs={}, retval=None)
+        # The fake answers after 1.5 s: the key is stored only because the signal handler waited for it.
+        assert "postrun-cost.task" in fake.ledger
+    finally:
+        paygentic_costs.workers.connect_celery()  # back to the default: no per-task flush
