@@ -20,6 +20,8 @@ __all__ = ["DEFAULT_BASE_URL", "SANDBOX_BASE_URL", "Secret", "Settings", "resolv
 DEFAULT_BASE_URL = "https://api.paygentic.io"
 SANDBOX_BASE_URL = "https://api.sandbox.paygentic.io"
 _SERVERLESS_VARS = ("AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE", "FUNCTION_TARGET")
+_SPOOL_OFF = ("off", "false", "no", "0", "none")
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 
 
 class Secret:
@@ -63,6 +65,9 @@ class Settings:
     currency: str
     on_error: Callable[[str, str, str], None] | None = None
     disabled_integrations: frozenset[str] = field(default_factory=frozenset)
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    spool_explicit: bool = False  # spool_dir came from configure() or the environment, not the default
 
     @property
     def serverless(self) -> bool:
@@ -92,6 +97,36 @@ def _default_state_dir() -> Path:
     return Path(base) / "paygentic-costs"
 
 
+def _writable(path: Path) -> bool:
+    """Whether ``path`` exists writable, or could be created (its nearest existing ancestor is writable)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+
+
+def _resolve_spool(
+    spool_dir: str | os.PathLike[str] | bool | None, state: Path, serverless: bool
+) -> tuple[Path | None, bool]:
+    """(directory or None for off, explicitly configured). Default: ``<state_dir>/spool`` when writable, off in
+    detected serverless environments (their disk does not outlive the instance)."""
+    value: object = spool_dir if spool_dir is not None else _env("PAYGENTIC_COSTS_SPOOL_DIR")
+    word = value.strip().lower() if isinstance(value, str) else None
+    if value is False or word in _SPOOL_OFF:
+        return None, True
+    if value is not None and value is not True and word not in ("on", "auto"):
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigurationError(f"spool_dir must be a path, 'off' or False, got {value!r}")
+        return Path(value), True
+    explicit_on = value is True or word == "on"
+    if serverless and not explicit_on:
+        return None, False
+    default = state / "spool"
+    return (default, explicit_on) if explicit_on or _writable(default) else (None, False)
+
+
 def _positive(name: str, value: float, *, minimum: float, maximum: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigurationError(f"{name} must be a number >= {minimum}, got {value!r}")
@@ -109,12 +144,13 @@ def resolve_settings(
     max_queue_size: int,
     max_in_flight: int,
     shutdown_timeout: float,
-    spool_dir: str | os.PathLike[str] | None,
+    spool_dir: str | os.PathLike[str] | bool | None,
     durability: str,
     strict: bool | None,
     propagate: bool | None,
     state_dir: str | os.PathLike[str] | None,
     on_error: Callable[[str, str, str], None] | None,
+    spool_max_bytes: int | None = None,
 ) -> Settings:
     """Merge arguments with the environment and validate everything; raise ``ConfigurationError`` on bad input."""
     from .pricing import RateTable  # deferred: genai-prices loads its catalog lazily, not at `import paygentic_costs`
@@ -139,8 +175,20 @@ def resolve_settings(
         raise ConfigurationError("on_error must be callable")
     rate_source = rates if rates is not None else _env("PAYGENTIC_COSTS_RATES")
     table = RateTable.load(rate_source)
-    spool = spool_dir if spool_dir is not None else _env("PAYGENTIC_COSTS_SPOOL_DIR")
     state = state_dir if state_dir is not None else _env("PAYGENTIC_COSTS_STATE_DIR")
+    state_path = Path(state) if state is not None else _default_state_dir()
+    spool, spool_explicit = _resolve_spool(
+        spool_dir, state_path, any(os.environ.get(name) for name in _SERVERLESS_VARS)
+    )
+    env_cap = _env("PAYGENTIC_COSTS_SPOOL_MAX_BYTES")
+    try:
+        cap = spool_max_bytes if spool_max_bytes is not None else int(env_cap or DEFAULT_SPOOL_MAX_BYTES)
+    except ValueError:
+        raise ConfigurationError(f"PAYGENTIC_COSTS_SPOOL_MAX_BYTES must be an integer, got {env_cap!r}") from None
+    _positive("spool_max_bytes", cap, minimum=64 * 1024)
+    synchronous = (_env("PAYGENTIC_COSTS_SPOOL_SYNCHRONOUS") or "NORMAL").upper()
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ConfigurationError(f"PAYGENTIC_COSTS_SPOOL_SYNCHRONOUS must be NORMAL or FULL, got {synchronous!r}")
     env_strict = _env_bool("PAYGENTIC_COSTS_STRICT")
     env_propagate = _env_bool("PAYGENTIC_COSTS_PROPAGATE")
     disabled = frozenset(
@@ -155,14 +203,17 @@ def resolve_settings(
         max_queue_size=int(max_queue_size),
         max_in_flight=int(max_in_flight),
         shutdown_timeout=float(shutdown_timeout),
-        spool_dir=Path(spool) if spool is not None else None,
+        spool_dir=spool,
         durability=durability,  # type: ignore[arg-type]
         strict=bool(strict if strict is not None else env_strict),
         propagate=bool(propagate if propagate is not None else env_propagate),
-        state_dir=Path(state) if state is not None else _default_state_dir(),
+        state_dir=state_path,
         currency=str(table.currency),
         on_error=on_error,
         disabled_integrations=disabled,
+        spool_max_bytes=int(cap),
+        spool_synchronous=synchronous,  # type: ignore[arg-type]
+        spool_explicit=spool_explicit,
     )
 
 

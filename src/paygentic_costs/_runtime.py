@@ -6,6 +6,7 @@ so decorators and context managers are safe to use before (or without) ``configu
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ._recorder import Recorder
 
 if TYPE_CHECKING:
     from .export import DeliveryPipeline, Exporter
+    from .export._store import Store
     from .pricing import UnpricedStore
 
 __all__ = ["Runtime", "configure", "get_runtime", "reset"]
@@ -71,6 +73,24 @@ def _build_exporter(settings: Settings) -> Exporter:
     return ConsoleExporter()
 
 
+def _build_store(settings: Settings) -> Callable[[], Store]:
+    """The spool when it is on, else the memory store.
+
+    The default spool (no ``spool_dir`` configured) only backs real delivery to Paygentic; an explicit
+    ``spool_dir`` backs any exporter. Each (API key, base URL) pair gets its own sub-directory.
+    """
+    from .export._spool import SpoolStore
+    from .export._spool_file import account_directory
+    from .export._store import MemoryStore
+
+    root = settings.spool_dir
+    if root is None or not (settings.spool_explicit or (settings.exporter is None and settings.api_key)):
+        return MemoryStore
+    directory = account_directory(root, settings.api_key.reveal(), settings.base_url)
+    return functools.partial(SpoolStore, directory, max_bytes=settings.spool_max_bytes,
+                             synchronous=settings.spool_synchronous)
+
+
 def configure(**kwargs: Any) -> Runtime:
     """Build (or rebuild) the runtime; the previous one is shut down first. See ``paygentic_costs.configure``."""
     global _runtime
@@ -92,6 +112,8 @@ def configure(**kwargs: Any) -> Runtime:
             shutdown_timeout=settings.shutdown_timeout,
             on_error=on_error,
             dead_letter_path=settings.state_dir / "dead-letter.jsonl",
+            store=_build_store(settings),
+            durability=settings.durability,
         )
         unpriced = UnpricedStore(settings.state_dir / "unpriced.jsonl")
         recorder = Recorder(settings, pipeline.submit, unpriced.hold)

@@ -80,6 +80,14 @@ def _cmd_rates(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_spool(args: argparse.Namespace) -> int:
+    """Show pending and set-aside events in the spool (per file); `retry` re-queues set-aside events still inside
+    the 23 h dedup horizon; `export [PATH]` writes pending and set-aside events as JSONL (stdout by default)."""
+    from ._spool import run_spool
+
+    return run_spool(args)
+
+
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="API base URL (default: PAYGENTIC_BASE_URL or https://api.paygentic.io)")
     parser.add_argument("--api-key", help="API key (default: PAYGENTIC_API_KEY); prefer the environment variable")
@@ -131,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     reprice = add("reprice", _cmd_reprice)
     reprice.add_argument("--rates", help="rate file (default: PAYGENTIC_COSTS_RATES)")
     reprice.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+
+    spool = add("spool", _cmd_spool)
+    spool.add_argument("action", nargs="?", choices=["show", "retry", "export"], default="show")
+    spool.add_argument("target", nargs="?", help="export: the JSONL file to write (default: stdout)")
+    spool.add_argument("--spool-dir", help="spool directory (default: PAYGENTIC_COSTS_SPOOL_DIR or <state dir>/spool)")
     return parser
 
 

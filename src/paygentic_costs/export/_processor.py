@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
 from .._events import CostEvent
@@ -26,7 +26,7 @@ from .._guard import report_internal_error
 from ._base import Exporter, Outcome
 from ._dead_letter import DeadLetterBox, SetAside
 from ._log import LogThrottle, logger
-from ._store import Entry, MemoryStore, Store
+from ._store import Entry, MemoryStore, Store, StoreHost
 
 __all__ = ["DeliveryPipeline", "OnError"]
 
@@ -39,6 +39,7 @@ _AUTH_LOG_WINDOW = 300.0  # "log at ERROR once per 5 min" while the key is refus
 _CONFLICT_RETRIES = 3  # 409 is retried this many times, then set aside as `conflict`
 _CONGESTION_STATUSES = frozenset({429, 503})
 _MAX_IN_FLIGHT_LIMIT = 64
+_SYNC_WAIT = 1.0  # durability="sync": the longest record() waits for the spool commit (never hangs the host)
 
 _throttle = LogThrottle()
 _auth_throttle = LogThrottle(_AUTH_LOG_WINDOW)
@@ -102,6 +103,9 @@ class DeliveryPipeline:
         retry_horizon: seconds after ``recorded_at`` past which an event is never sent again (the server's 24 h
             dedup window minus a margin); it is set aside as ``dedup_window_expired``.
         breaker_threshold: consecutive failed sends after which only one probe is sent per backoff interval.
+        durability: with a durable store (the spool), ``"batch"`` commits in groups in the background (an event
+            reaches the disk within the commit interval); ``"sync"`` makes :meth:`submit` wait for the commit of
+            its event (about a millisecond, at most one second) -- the one case where the caller blocks.
 
     Raises:
         ConfigurationError: an argument is out of range.
@@ -127,11 +131,14 @@ class DeliveryPipeline:
         auth_probe_interval: float = 60.0,
         retry_horizon: float = 23 * 3600.0,
         breaker_threshold: int = 5,
+        durability: str = "batch",
     ) -> None:
         if max_queue_size < 1:
             raise ConfigurationError(f"max_queue_size must be at least 1, got {max_queue_size}")
         if not 1 <= max_in_flight <= _MAX_IN_FLIGHT_LIMIT:
             raise ConfigurationError(f"max_in_flight must be between 1 and {_MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}")
+        if durability not in ("batch", "sync"):
+            raise ConfigurationError(f"durability must be 'batch' or 'sync', got {durability!r}")
         if max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be at least 1, got {max_batch_size}")
         for name, value in (
@@ -163,10 +170,14 @@ class DeliveryPipeline:
         self._auth_probe_interval = auth_probe_interval
         self._retry_horizon = retry_horizon
         self._breaker_threshold = max(1, breaker_threshold)
+        self._sync = durability == "sync"
         self._closed = False
         self._atexit_hook: Callable[[], None] | None = None
         self._init_state()
         _live.add(self)
+        has_orphans = getattr(self._store, "has_orphans", None)
+        if self._self_fed and has_orphans is not None and has_orphans():
+            self._start_worker()  # files of dead processes wait: deliver them without waiting for a record()
 
     def _init_state(self) -> None:
         """Everything that a forked child must not share with its parent."""
@@ -176,11 +187,15 @@ class DeliveryPipeline:
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
         self._wake = threading.Event()
         self._fork_locked = False
+        self._fork_store_lock: Any = None
         self._incoming: deque[Entry] = deque()  # the hot path's queue
-        self._store: Store = self._store_factory()
         # seq -> recorded_at of every accepted event that has left `_incoming` and is not finished: in insertion
         # (= seq) order, so the oldest outstanding event is always the first key.
         self._outstanding: OrderedDict[int, float] = OrderedDict()
+        self._recovered_out: OrderedDict[int, float] = OrderedDict()  # the same for events adopted from disk
+        self._committed_seq = 0  # every event up to this seq is held by the store (durability="sync" waits on it)
+        self._recovered = 0
+        self._spool_errors = 0
         self._notices: deque[tuple[str, str, str]] = deque(maxlen=max(1024, self._max_queue_size))
         self._seq = 0
         self._recorded = 0
@@ -210,6 +225,13 @@ class DeliveryPipeline:
         self._idle = False
         self._paused = False  # pause(): start no new sends until resume()
         self._flushing = 0  # flush() calls in progress; each lets a paused pipeline send for its duration
+        # Last: a self-feeding store opens its file now and may report to the counters above.
+        self._store: Store = self._store_factory()
+        bind = getattr(self._store, "bind", None)
+        self._self_fed = bind is not None  # the store takes accepted events itself (the spool's writer)
+        self._can_fill = hasattr(self._store, "full")  # a store written before `full` existed never fills
+        if bind is not None:
+            bind(_Host(self))
 
     # ------------------------------------------------------------------ hot path
 
@@ -222,6 +244,11 @@ class DeliveryPipeline:
         try:
             if self._pid != os.getpid():  # forked by a path that skipped the fork hooks
                 self._fork_reinit()
+            if self._self_fed:
+                try:  # noqa: SIM105 -- cheaper than contextlib.suppress on the hot path
+                    event.to_json()  # cached; serialised by the caller, the group commit stays short
+                except Exception:  # not serialisable: the exporter sets it aside with the reason
+                    pass
             entry = Entry(0, event, self._clock())
             with self._lock:
                 self._recorded += 1
@@ -229,6 +256,8 @@ class DeliveryPipeline:
                     reason = "shutdown"
                 elif self._pending >= self._max_queue_size:
                     reason = "queue_full"
+                elif self._can_fill and self._store.full:
+                    reason = "spool_full"
                 else:
                     self._seq += 1
                     entry.seq = self._seq
@@ -242,6 +271,8 @@ class DeliveryPipeline:
             if not reason:
                 if not started:
                     self._start_worker()
+                if self._self_fed:
+                    self._feed_store(entry.seq)
                 elif idle:
                     self._wake.set()
                 return True
@@ -251,11 +282,32 @@ class DeliveryPipeline:
             report_internal_error(exc, "export.submit")
             return False
 
+    def _feed_store(self, seq: int) -> None:
+        """Wake the spool writer when it is idle or has a full group; with ``durability="sync"``, wait for it."""
+        store: Any = self._store
+        if self._sync:
+            if threading.current_thread() is store._thread:
+                return  # e.g. recorded from a callback on the writer itself: waiting would deadlock
+            store.nudge(urgent=True)
+            deadline = time.monotonic() + _SYNC_WAIT
+            with self._cond:
+                while self._committed_seq < seq and not self._abandoned:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._cond.wait(remaining)
+        elif store.writer_idle:
+            store.nudge()
+        elif len(self._incoming) >= store.commit_events:
+            store.nudge(urgent=True)
+
     def _report_drop(self, key: str, reason: str) -> None:
         if self._on_error is None:
             return
         if reason == "queue_full":
             detail = f"the delivery queue is full ({self._max_queue_size} events); the event was dropped"
+        elif reason == "spool_full":
+            detail = "the spool is full; the event was dropped"
         else:
             detail = "the pipeline is shut down; the event was dropped"
         if self._worker is not None and self._worker.is_alive() and not self._closed:
@@ -276,6 +328,9 @@ class DeliveryPipeline:
         if self._atexit_hook is None:
             self._atexit_hook = functools.partial(_shutdown_at_exit, weakref.ref(self))
             atexit.register(self._atexit_hook)
+        start_store = getattr(self._store, "start", None)
+        if start_store is not None:
+            start_store()
         try:
             worker.start()
         except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
@@ -311,9 +366,11 @@ class DeliveryPipeline:
                         return
                     if until is not None and (now >= until or (done is not None and done())):
                         return
-                    admitted = self._admit_locked()
+                    admitted = [] if self._self_fed else self._admit_locked()
                 if admitted:
                     self._admit(admitted)
+                if self._self_fed and threading.current_thread() is not self._worker:
+                    self._store_turn_inline()
                 wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
@@ -322,7 +379,9 @@ class DeliveryPipeline:
                     if until is not None:
                         limit = min(limit, until - now)
                     self._idle = True
-                    if not self._incoming and not self._notices:
+                    if (self._self_fed or not self._incoming) and not self._notices:
+                        if self._self_fed and threading.current_thread() is not self._worker:
+                            limit = min(limit, 0.05)  # inline: nobody else writes the spool
                         self._wake.wait(max(limit, 0.0))
                     self._idle = False
                     self._wake.clear()
@@ -343,11 +402,12 @@ class DeliveryPipeline:
 
     def _admit(self, entries: list[Entry]) -> None:
         self._store.put(entries)
-        if self._store.durable:
-            with self._lock:
-                if not self._abandoned:
-                    self._pending -= len(entries)
-                    self._spooled += len(entries)
+
+    def _store_turn_inline(self) -> None:
+        """Drive the spool writer on this thread when its own thread is not running (interpreter exit)."""
+        store: Any = self._store
+        if not store.writer_alive():
+            store.turn_inline()
 
     def _step(self, now: float, stopping: float | None, until: float | None = None) -> float:
         """Send due events; return 0 after doing work, else how long to wait."""
@@ -444,7 +504,7 @@ class DeliveryPipeline:
             with self._lock:
                 if self._abandoned:
                     return []
-                admitted = self._admit_locked()
+                admitted = [] if self._self_fed else self._admit_locked()
             if admitted:
                 self._admit(admitted)
             with self._lock:
@@ -562,21 +622,26 @@ class DeliveryPipeline:
             # Before the counters move: once flush() sees the event finished, its callback has run.
             detail = reason if status is None else f"HTTP {status}: {reason}"
             self._notify(entry.event.idempotency_key, reason, detail)
-        durable = store.durable
         with self._cond:
             if self._abandoned:
                 return
             outstanding = self._outstanding
+            recovered = self._recovered_out
+            on_disk = 0
             for entry in acked:
                 outstanding.pop(entry.seq, None)
+                if entry.spooled:
+                    on_disk += 1
+                    recovered.pop(entry.seq, None)
             for entry, reason, _ in rejected:
                 outstanding.pop(entry.seq, None)
+                if entry.spooled:
+                    on_disk += 1
+                    recovered.pop(entry.seq, None)
                 self._set_aside_reasons[reason] = self._set_aside_reasons.get(reason, 0) + 1
             finished = len(acked) + len(rejected)
-            if durable:
-                self._spooled -= finished
-            else:
-                self._pending -= finished
+            self._spooled -= on_disk
+            self._pending -= finished - on_disk
             self._acked += len(acked)
             self._set_aside += len(rejected)
             self._retried += failures
@@ -653,6 +718,8 @@ class DeliveryPipeline:
         incoming = self._incoming
         if incoming and incoming[0].seq <= target:
             return False
+        if self._recovered_out and next(iter(self._recovered_out)) <= target:
+            return False
         return not (self._outstanding and next(iter(self._outstanding)) <= target)
 
     def _succeeded_locked(self, target: int) -> bool:
@@ -699,10 +766,16 @@ class DeliveryPipeline:
                     return self._succeeded_locked(target)
                 self._flushing += 1  # a paused pipeline sends while any flush runs
             try:
-                return self._flush_wait(target, deadline)
+                done = self._flush_wait(target, deadline)
             finally:
                 with self._lock:
                     self._flushing -= 1
+            if done and self._self_fed:
+                # Acknowledged rows are deleted on disk before flush() returns, so a process that exits right
+                # after (os._exit, a frozen serverless instance) leaves nothing behind to be resent.
+                store: Any = self._store
+                store.commit_now(max(0.0, deadline - time.monotonic()))
+            return done
         except Exception as exc:
             report_internal_error(exc, "export.flush")
             return False
@@ -716,6 +789,9 @@ class DeliveryPipeline:
             )
         if self._worker is None:
             self._start_worker()
+        if self._self_fed:
+            store: Any = self._store
+            store.nudge(urgent=True)  # commit now rather than at the end of the group-commit window
         if self._worker_alive():
             self._wake.set()
         else:
@@ -743,7 +819,12 @@ class DeliveryPipeline:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting events, deliver what is queued within ``timeout`` (default: ``shutdown_timeout``),
-        count the rest as ``dropped["shutdown_timeout"]`` and close the exporter. Idempotent; never raises.
+        and close the exporter. Idempotent; never raises.
+
+        With the spool, everything still in memory is committed to disk first (typically well under 200 ms),
+        then delivery continues with the remaining budget; what is left stays on disk for the next process on
+        the same spool directory and is not counted as dropped (``stats()["spooled"]``). Without it, the rest
+        is counted ``dropped["shutdown_timeout"]``.
 
         Starts no thread: when the worker is not running (at interpreter exit), it delivers on the calling thread.
         """
@@ -756,6 +837,9 @@ class DeliveryPipeline:
                 self._closed = True
                 deadline = self._deadline = time.monotonic() + budget
                 pending = self._pending + self._spooled
+            store: Any = self._store
+            if self._self_fed:
+                store.commit_now(max(0.0, deadline - time.monotonic()))  # persist first, then drain
             self._wake.set()
             worker = self._worker
             if worker is not None and worker.is_alive():
@@ -770,6 +854,9 @@ class DeliveryPipeline:
                 report_internal_error(exc, f"export.{type(self._exporter).__name__}.shutdown")
             if worker is not None and worker.is_alive() and worker is not threading.current_thread():
                 worker.join(0.5)  # the exporter has cut its export short; let the thread finish
+            close_store = getattr(store, "close", None)
+            if close_store is not None:
+                close_store()  # write back the last acknowledgements; the file is released for adoption
             if self._atexit_hook is not None:
                 atexit.unregister(self._atexit_hook)
             _live.discard(self)
@@ -789,6 +876,7 @@ class DeliveryPipeline:
                 self._incoming.clear()
                 if not self._store.durable:
                     self._outstanding.clear()
+            self._committed_seq = self._seq
             self._abandoned = True
             self._cond.notify_all()
         if left:
@@ -801,8 +889,17 @@ class DeliveryPipeline:
             self._fork_reinit()
 
     def _fork_prepare(self) -> None:
-        # No submit, flush or shutdown bookkeeping may straddle the fork.
+        # No submit, flush or shutdown bookkeeping may straddle the fork, and no spool transaction either: a child
+        # forked while the writer is inside SQLite could inherit SQLite's own mutexes held. Writer lock first: the
+        # writer takes the queue lock while holding it.
         if self._pid == os.getpid():
+            store: Any = self._store
+            store_lock = getattr(store, "fork_lock", None)
+            if store_lock is not None:
+                store.fork_waiting = True
+                store_lock.acquire()
+                store.fork_waiting = False
+                self._fork_store_lock = store_lock
             self._lock.acquire()
             self._fork_locked = True
 
@@ -810,14 +907,24 @@ class DeliveryPipeline:
         if self._fork_locked:
             self._fork_locked = False
             self._lock.release()
+        store_lock, self._fork_store_lock = self._fork_store_lock, None
+        if store_lock is not None:
+            store_lock.release()
 
     def _fork_reinit(self) -> None:
         """In a forked child: fresh locks and an empty queue (the parent still owns and sends its events),
         counters from zero, the worker "not started", and the exporter's inherited connections forgotten. A
         paused parent has a paused child."""
         paused = self._paused
+        old_store = self._store
         self._init_state()
         self._paused = paused
+        forget = getattr(old_store, "after_fork_in_child", None)
+        if forget is not None:
+            try:
+                forget()
+            except Exception as exc:
+                report_internal_error(exc, "export.store.after_fork_in_child")
         hook = getattr(self._exporter, "after_fork_in_child", None)
         if hook is not None:
             try:
@@ -831,6 +938,10 @@ class DeliveryPipeline:
         """A consistent snapshot of delivery accounting.
 
         ``recorded == acknowledged + queued + spooled + set_aside + sum(dropped.values())`` always holds.
+        ``queued`` is in memory and not (yet) on disk; ``spooled`` is committed to the spool and not acknowledged
+        (in flight included). ``recorded`` includes ``recovered_from_spool``: events adopted from spool files left
+        by processes that died (or closed) before delivering them. Also ``spool_errors`` (disk failures that
+        switched the spool to memory-only for a while) and ``spool_bytes``.
         Gauges: ``in_flight``, ``concurrency_limit``, ``paused_until`` (epoch seconds by the pipeline clock, or
         None), ``oldest_pending_age_s``, ``circuit_state``; and ``requests`` (by status class, ``network`` for
         connection failures), ``retried``, ``set_aside_reasons``.
@@ -846,6 +957,9 @@ class DeliveryPipeline:
             oldest: float | None = None
             if self._outstanding:
                 oldest = next(iter(self._outstanding.values()))
+            if self._recovered_out:
+                first = next(iter(self._recovered_out.values()))
+                oldest = first if oldest is None else min(oldest, first)
             if self._incoming and (oldest is None or self._incoming[0].recorded_at < oldest):
                 oldest = self._incoming[0].recorded_at
             paused = max(self._pause_until, self._auth_until if self._auth_paused else 0.0)
@@ -872,6 +986,9 @@ class DeliveryPipeline:
                 "requests": dict(self._requests),
                 "retried": self._retried,
                 "set_aside_reasons": dict(self._set_aside_reasons),
+                "recovered_from_spool": self._recovered,
+                "spool_errors": self._spool_errors,
+                "spool_bytes": int(getattr(self._store, "bytes_used", 0)),
             }
 
     @property
@@ -896,3 +1013,104 @@ def _running_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class _Host:
+    """The pipeline as seen by a self-feeding store (:class:`~._store.StoreHost`)."""
+
+    def __init__(self, pipeline: DeliveryPipeline) -> None:
+        self._p = pipeline
+        self.max_queue_size = pipeline._max_queue_size
+
+    def clock(self) -> float:
+        try:
+            return float(self._p._clock())
+        except Exception:  # a broken user clock must not break the spool
+            return time.time()
+
+    def has_incoming(self) -> bool:
+        return bool(self._p._incoming)
+
+    def take_incoming(self, limit: int) -> list[Entry]:
+        p = self._p
+        with p._lock:
+            if p._abandoned:
+                return []
+            incoming = p._incoming
+            entries = [incoming.popleft() for _ in range(min(limit, len(incoming)))]
+            outstanding = p._outstanding
+            for entry in entries:
+                outstanding[entry.seq] = entry.recorded_at
+        return entries
+
+    def committed(self, entries: list[Entry], durable: bool) -> None:
+        p = self._p
+        with p._cond:
+            if durable and not p._abandoned:
+                for entry in entries:
+                    entry.spooled = True
+                p._pending -= len(entries)
+                p._spooled += len(entries)
+            if entries:
+                p._committed_seq = max(p._committed_seq, entries[-1].seq)
+            p._cond.notify_all()
+
+    def dropped_accepted(self, entries: list[Entry], reason: str, detail: str) -> None:
+        p = self._p
+        with p._cond:
+            if not p._abandoned:
+                for entry in entries:
+                    p._outstanding.pop(entry.seq, None)
+                p._pending -= len(entries)
+                p._dropped[reason] = p._dropped.get(reason, 0) + len(entries)
+            if entries:
+                p._committed_seq = max(p._committed_seq, entries[-1].seq)
+            p._cond.notify_all()
+        for entry in entries:
+            p._notices.append((entry.event.idempotency_key, reason, detail))
+        p._wake.set()
+
+    def reserve_seqs(self, count: int) -> int:
+        p = self._p
+        with p._lock:
+            first = p._seq + 1
+            p._seq += count
+        return first
+
+    def recovered(self, entries: list[Entry], dropped: dict[str, int]) -> None:
+        p = self._p
+        with p._cond:
+            if p._abandoned:
+                return
+            lost = sum(dropped.values())
+            p._recorded += len(entries) + lost
+            p._recovered += len(entries) + lost
+            p._spooled += len(entries)
+            for reason, count in dropped.items():
+                p._dropped[reason] = p._dropped.get(reason, 0) + count
+            for entry in entries:
+                p._recovered_out[entry.seq] = entry.recorded_at
+
+    def lost(self, seqs: list[int], reason: str) -> None:
+        p = self._p
+        with p._cond:
+            if p._abandoned:
+                return
+            for seq in seqs:
+                p._outstanding.pop(seq, None)
+                p._recovered_out.pop(seq, None)
+            p._spooled -= len(seqs)
+            p._dropped[reason] = p._dropped.get(reason, 0) + len(seqs)
+            p._cond.notify_all()
+
+    def spool_error(self) -> None:
+        p = self._p
+        with p._lock:
+            p._spool_errors += 1
+
+    def wake_sender(self) -> None:
+        self._p._wake.set()
+
+
+if TYPE_CHECKING:
+    _host_check: StoreHost = _Host.__new__(_Host)
