@@ -44,7 +44,9 @@ LATENCY = 0.2  # the fake answers every request after 200 ms
 HEARTBEAT = 0.010
 RECORD_LAG_BUDGET = 0.005
 AFLUSH_LAG_BUDGET = 0.020
-SLACK = 5  # the budgets are from the spec; this machine is shared, so assert 5x
+# The budgets are from the spec and the measured lags are printed; the assertion only has to catch a blocking
+# implementation (a flush that blocks the loop stalls it for seconds), so it leaves room for a shared, noisy machine.
+SLACK = 20
 ATTEMPTS = 3
 AFLUSH_TIMEOUT = 3.0  # 10 000 events at 200 ms and 64 in flight take ~30 s: aflush is measured for this long
 

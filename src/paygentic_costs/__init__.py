@@ -92,7 +92,8 @@ def configure(
     max_queue_size: int = 10_000,
     max_in_flight: int = 8,
     shutdown_timeout: float = 5.0,
-    spool_dir: str | os.PathLike[str] | None = None,
+    spool_dir: str | os.PathLike[str] | bool | None = None,
+    spool_max_bytes: int | None = None,
     durability: str = "batch",
     strict: bool | None = None,
     propagate: bool | None = None,
@@ -116,8 +117,12 @@ def configure(
         max_queue_size: Events held in memory awaiting delivery; beyond it new events are dropped and counted.
         max_in_flight: Concurrent requests to the API (1-64).
         shutdown_timeout: Seconds the exit flush may take.
-        spool_dir: Directory for the durable on-disk spool (env ``PAYGENTIC_COSTS_SPOOL_DIR``).
-        durability: ``"batch"`` (group commit) or ``"sync"`` (``record()`` waits for the spool commit).
+        spool_dir: Directory for the durable on-disk spool (env ``PAYGENTIC_COSTS_SPOOL_DIR``). Default: on, under
+            ``state_dir``, when it is writable (off in detected serverless); ``False`` or ``"off"`` turns it off.
+        spool_max_bytes: Size cap of the spool (env ``PAYGENTIC_COSTS_SPOOL_MAX_BYTES``; default 256 MiB); past
+            it new events are dropped and counted ``dropped["spool_full"]``.
+        durability: ``"batch"`` (group commit every 100 ms: a crash loses at most that window) or ``"sync"``
+            (``record()`` waits for its event's commit, about a millisecond).
         strict: Raise ``UnattributedCostError`` for costs with no customer instead of warning (env
             ``PAYGENTIC_COSTS_STRICT``); use in tests and development.
         propagate: Carry attribution into ``ThreadPoolExecutor`` and ``threading.Thread`` automatically (env
@@ -140,6 +145,7 @@ def configure(
         max_in_flight=max_in_flight,
         shutdown_timeout=shutdown_timeout,
         spool_dir=spool_dir,
+        spool_max_bytes=spool_max_bytes,
         durability=durability,
         strict=strict,
         propagate=propagate,
