@@ -67,10 +67,7 @@ class Usage:
     @property
     def is_empty(self) -> bool:
         """True when the provider reported nothing at all."""
-        for name in _USAGE_FIELDS:
-            if getattr(self, name) is not None:
-                return False
-        return True
+        return all(getattr(self, name) is None for name in _USAGE_FIELDS)
 
 
 _USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
