@@ -8,9 +8,9 @@ A *script* decides what happens to each request. It is called twice: first with 
 action to act before the body is read, e.g. :data:`RESET_BEFORE_BODY`, or None), then with the body and key.
 Returning None means "behave like Paygentic" (202, or 401 without the right Bearer token).
 
-Test modules load this file by path (pytest runs with ``--import-mode=importlib``)::
+Test modules import it by name (``tests/`` is on pytest's ``pythonpath``)::
 
-    fake_paygentic = load_by_path("fake_paygentic.py")
+    import fake_paygentic as fp
 
 Run ``python tests/fake_paygentic.py`` to serve a healthy fake on a free port in its own process (it prints the
 URL and stops when stdin closes); the exporter benchmark uses that.

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import socket
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,20 +21,6 @@ from hypothesis import strategies as st
 from paygentic_costs._events import decimal_to_json, format_timestamp
 from paygentic_costs.export import DeliveryPipeline, PaygenticExporter
 
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 TOKEN = "sk_test_delivery"
 
 MakePipeline = Callable[..., DeliveryPipeline]

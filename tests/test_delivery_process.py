@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
 import subprocess
@@ -12,27 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
 
 from paygentic_costs.export import DeliveryPipeline, PaygenticExporter
 
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 TOKEN = "sk_test_process"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import email.utils
-import importlib.util
 import io
 import json
 import logging
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import httpx
 import pytest
 
@@ -36,20 +34,6 @@ from paygentic_costs.export import (
 )
 from paygentic_costs.export._http import classify_response, parse_retry_after
 
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 TOKEN = "sk_test_exporters_secret"
 
 

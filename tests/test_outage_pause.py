@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
 
 from paygentic_costs import CostEvent
 from paygentic_costs.export import DeliveryPipeline, InMemoryExporter, Outcome
-
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 
 
 @pytest.fixture

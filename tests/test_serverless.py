@@ -4,34 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
+from workers import harness
 
 import paygentic_costs as pc
 
-
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
-fp = harness.load_fake()
 TOKEN = harness.TOKEN
 
 

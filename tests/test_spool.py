@@ -4,7 +4,6 @@ the dedup horizon for events from disk, fork, and the ``paygentic-costs spool`` 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import json
 import logging
@@ -19,9 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stdout
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
 
 import paygentic_costs as pc
@@ -32,20 +31,6 @@ from paygentic_costs.export import DeliveryPipeline, InMemoryExporter, Outcome, 
 from paygentic_costs.export._spool import SpoolStore
 from paygentic_costs.export._spool_file import account_directory, list_spool_files
 
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 TOKEN = "sk_test_spool"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Spool timings scaled for tests (production: 100 ms commit window, adoption and reopen every 60 s).

@@ -8,7 +8,6 @@ ever resent. ``PAYGENTIC_T10_ITERATIONS`` / ``PAYGENTIC_T10_EVENTS`` scale it up
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import random
 import signal
@@ -18,29 +17,15 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
 
 from paygentic_costs.export import DeliveryPipeline, PaygenticExporter
 from paygentic_costs.export._spool import SpoolStore
 from paygentic_costs.export._spool_file import list_spool_files
 
-
-def _load_fake() -> ModuleType:
-    name = "paygentic_costs_tests_fake_paygentic"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_paygentic.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-fp = _load_fake()
 TOKEN = "sk_test_kill"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ITERATIONS = int(os.environ.get("PAYGENTIC_T10_ITERATIONS", "15"))

@@ -5,14 +5,12 @@ children end with ``os._exit()``, so only the ``worker_process_shutdown`` hook d
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,20 +22,9 @@ pytest.importorskip("celery", reason="celery is a test dependency (the dev extra
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the prefork pool needs fork")
 
 
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+import fake_paygentic as fp  # noqa: E402 - after the importorskip above
+from workers import harness  # noqa: E402
 
-
-harness = _load_harness()
-fp = harness.load_fake()
 TASKS = 20
 
 

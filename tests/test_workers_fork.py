@@ -6,37 +6,20 @@ The spec forks 200 times; CI forks ``PAYGENTIC_T14_FORKS`` times (default 40) to
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
+from workers import harness
 
 import paygentic_costs as pc
 from paygentic_costs import _guard
 
-
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
-fp = harness.load_fake()
 FORKS = int(os.environ.get("PAYGENTIC_T14_FORKS", "40"))
 MAX_ALIVE = 8  # children alive at once: the parent keeps forking under load, the machine is not swamped
 CHILD_FLUSH_TIMEOUT = 5.0  # the spec's child flush; a child exits 1 if it did not finish in time

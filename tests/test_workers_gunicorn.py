@@ -6,7 +6,6 @@ exit flush runs, and the fork hooks give each worker its own delivery thread."""
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import re
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,20 +21,9 @@ pytest.importorskip("gunicorn", reason="gunicorn is a test dependency (the dev e
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gunicorn runs on POSIX only")
 
 
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+import fake_paygentic as fp  # noqa: E402 - after the importorskip above
+from workers import harness  # noqa: E402
 
-
-harness = _load_harness()
-fp = harness.load_fake()
 REQUESTS = 60
 
 

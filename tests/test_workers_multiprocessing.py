@@ -4,35 +4,19 @@ does). The pool adds one argument: ``initializer=paygentic_costs.workers.init_wo
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import fake_paygentic as fp
 import pytest
+from workers import harness
 
 import paygentic_costs as pc
 import paygentic_costs.workers
 
-
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
-fp = harness.load_fake()
 TASKS = 24
 
 

@@ -7,7 +7,6 @@ else a private ``redis-server`` from PATH. In CI a missing Redis fails the test 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -16,8 +15,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,20 +24,9 @@ redis = pytest.importorskip("redis", reason="redis (the client) is a test depend
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="RQ's default worker forks a work-horse per job")
 
 
-def _load_harness() -> ModuleType:
-    name = "paygentic_costs_tests_worker_harness"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("workers") / "harness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+import fake_paygentic as fp  # noqa: E402 - after the importorskip above
+from workers import harness  # noqa: E402
 
-
-harness = _load_harness()
-fp = harness.load_fake()
 JOBS = 8
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
 

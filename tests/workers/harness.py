@@ -1,9 +1,9 @@
 """Shared helpers of the worker-model tests: the fake Paygentic (in this process or its own), and the environment
-that makes a subprocess deliver to it. Test modules load this file by path (pytest runs with importlib mode)."""
+that makes a subprocess deliver to it. Test modules import it as ``workers.harness`` (``tests/`` is on pytest's
+``pythonpath``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,21 +19,13 @@ SRC = str(TESTS.parent / "src")
 TOKEN = "sk_test_workers"
 
 
-def load_by_path(name: str, path: Path) -> ModuleType:
-    """Import ``path`` once under ``name`` (shared with other test modules that load the same file)."""
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
 def load_fake() -> ModuleType:
-    """``tests/fake_paygentic.py``, under the module name ``test_delivery_process`` uses."""
-    return load_by_path("paygentic_costs_tests_fake_paygentic", TESTS / "fake_paygentic.py")
+    """``tests/fake_paygentic.py`` (for scripts run outside pytest, such as ``serve_fake.py``)."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    import fake_paygentic
+
+    return fake_paygentic
 
 
 def subprocess_env(url: str, **extra: str) -> dict[str, str]:
