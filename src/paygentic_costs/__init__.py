@@ -288,16 +288,16 @@ def reprice() -> int:
     """
     runtime = _runtime.get_runtime()
     runtime.unpriced.persist()
-    priced_keys: set[str] = set()
-    sent = 0
+    events: dict[str, CostEvent] = {}  # by key: an item held twice is still sent once
 
     def priceable(item: dict[str, Any]) -> bool:
-        return bool(runtime.recorder.reprice_items([item]))
+        # Price once, here; take() removes exactly the items this returns True for.
+        for _item, event in runtime.recorder.reprice_items([item]):
+            events.setdefault(event.idempotency_key, event)
+            return True
+        return False
 
-    for _item, event in runtime.recorder.reprice_items(runtime.unpriced.take(priceable)):
-        if event.idempotency_key in priced_keys:
-            continue
-        priced_keys.add(event.idempotency_key)
+    runtime.unpriced.take(priceable)
+    for event in events.values():
         runtime.recorder.emit(event)
-        sent += 1
-    return sent
+    return len(events)

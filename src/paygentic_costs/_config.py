@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_BASE_URL", "SANDBOX_BASE_URL", "Secret", "Settings", "resolv
 
 DEFAULT_BASE_URL = "https://api.paygentic.io"
 SANDBOX_BASE_URL = "https://api.sandbox.paygentic.io"
-_SERVERLESS_VARS = ("AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE", "FUNCTION_TARGET")
+# AWS Lambda, Google Cloud Functions / Cloud Run, Azure Functions.
+SERVERLESS_ENV_VARS = ("AWS_LAMBDA_FUNCTION_NAME", "FUNCTION_TARGET", "K_SERVICE", "FUNCTIONS_WORKER_RUNTIME")
 _SPOOL_OFF = ("off", "false", "no", "0", "none")
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 
@@ -72,7 +73,24 @@ class Settings:
     @property
     def serverless(self) -> bool:
         """Running in AWS Lambda, Cloud Functions or Cloud Run (detected from their environment)."""
-        return any(os.environ.get(name) for name in _SERVERLESS_VARS)
+        return is_serverless()
+
+
+def is_serverless() -> bool:
+    """True when an environment variable of a known serverless platform is set."""
+    return any(os.environ.get(name) for name in SERVERLESS_ENV_VARS)
+
+
+def connection_from_env(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+    """Base URL and API key for the CLI: the flags, else the environment, else the defaults ("" for no key)."""
+    url = base_url or _env("PAYGENTIC_BASE_URL") or DEFAULT_BASE_URL
+    key = api_key or _env("PAYGENTIC_API_KEY") or _env("PAYGENTIC_BEARER_AUTH") or ""
+    return url.rstrip("/"), key
+
+
+def rates_from_env(rates: str | None) -> str | None:
+    """The rate file for the CLI: the flag, else ``PAYGENTIC_COSTS_RATES``."""
+    return rates or _env("PAYGENTIC_COSTS_RATES")
 
 
 def _env(name: str) -> str | None:
@@ -178,7 +196,7 @@ def resolve_settings(
     state = state_dir if state_dir is not None else _env("PAYGENTIC_COSTS_STATE_DIR")
     state_path = Path(state) if state is not None else _default_state_dir()
     spool, spool_explicit = _resolve_spool(
-        spool_dir, state_path, any(os.environ.get(name) for name in _SERVERLESS_VARS)
+        spool_dir, state_path, is_serverless()
     )
     env_cap = _env("PAYGENTIC_COSTS_SPOOL_MAX_BYTES")
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 import threading
 import time
 import weakref
@@ -20,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import _runtime
+from ._config import SERVERLESS_ENV_VARS, is_serverless
 from ._errors import ConfigurationError
 from ._guard import report_internal_error
 
@@ -36,15 +36,6 @@ DEFAULT_FLUSH_TIMEOUT = 2.0
 
 DEFAULT_MARGIN = 0.5
 """Seconds kept free before the invocation's deadline: the platform must still get the handler's answer."""
-
-SERVERLESS_ENV_VARS = ("AWS_LAMBDA_FUNCTION_NAME", "FUNCTION_TARGET", "K_SERVICE", "FUNCTIONS_WORKER_RUNTIME")
-"""Environment variables set by AWS Lambda, Google Cloud Functions / Cloud Run and Azure Functions."""
-
-
-def is_serverless() -> bool:
-    """True when an environment variable of a known serverless platform is set."""
-    return any(os.environ.get(name) for name in SERVERLESS_ENV_VARS)
-
 
 class _Invocations:
     """Counts invocations in progress so that concurrent ones (Cloud Run, async handlers) never pause each other:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import datetime, timezone
 
+from .._config import rates_from_env
 from .._errors import ConfigurationError
 from .._events import decimal_to_json
 from ..pricing import RateTable, Unpriced, Usage
@@ -24,14 +25,12 @@ _BUCKETS = (
 
 def run_rates_show(args: argparse.Namespace) -> int:
     """Print the per-bucket prices; exit 1 when nothing prices the model."""
-    import os
-
     provider, sep, model = args.model.partition(":")
     if not sep or not provider or not model:
         print("give PROVIDER:MODEL, e.g. openai:gpt-4o-mini", file=sys.stderr)
         return 2
     try:
-        table = RateTable.load(args.rates or os.environ.get("PAYGENTIC_COSTS_RATES"))
+        table = RateTable.load(rates_from_env(args.rates))
     except ConfigurationError as exc:
         print(f"rate file: {exc}", file=sys.stderr)
         return 2

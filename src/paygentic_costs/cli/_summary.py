@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .._config import connection_from_env
 from .._events import decimal_to_json
 
 __all__ = ["connection", "run_summary"]
@@ -16,9 +16,7 @@ __all__ = ["connection", "run_summary"]
 
 def connection(args: argparse.Namespace) -> tuple[str, str]:
     """Base URL and API key from the flags, else the environment (the key is never printed)."""
-    base_url = args.base_url or os.environ.get("PAYGENTIC_BASE_URL") or "https://api.paygentic.io"
-    api_key = args.api_key or os.environ.get("PAYGENTIC_API_KEY") or os.environ.get("PAYGENTIC_BEARER_AUTH") or ""
-    return base_url.rstrip("/"), api_key
+    return connection_from_env(args.base_url, args.api_key)
 
 
 def run_summary(args: argparse.Namespace) -> int:
