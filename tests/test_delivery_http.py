@@ -239,6 +239,8 @@ def test_t20_refused_key_pauses_and_loses_nothing(fake: Any, make_pipeline: Make
     for i in range(50):
         pipeline.submit(fp.make_event(f"t20-{i}"))
     assert fake.wait_for(lambda: sum(a.status == 401 for a in fake.arrivals_snapshot()) >= 3, timeout=5)
+    # The server logs a 401 before the client has read it: wait for the client to have acted on the refusals.
+    assert fake.wait_for(lambda: pipeline.stats()["circuit_state"] == "auth_paused", timeout=5)
     stats = pipeline.stats()
     assert stats["circuit_state"] == "auth_paused" and stats["queued"] == 50 and stats["dropped"] == {}
     refused = sum(a.status == 401 for a in fake.arrivals_snapshot())
