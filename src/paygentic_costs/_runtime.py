@@ -116,7 +116,8 @@ def configure(**kwargs: Any) -> Runtime:
             durability=settings.durability,
         )
         unpriced = UnpricedStore(settings.state_dir / "unpriced.jsonl")
-        recorder = Recorder(settings, pipeline.submit, unpriced.hold)
+        recorder = Recorder(settings, pipeline.submit, unpriced.hold, arm=pipeline.arm_deferred)
+        pipeline.set_feeder(recorder)
         _runtime = Runtime(settings, pipeline, recorder, unpriced)
         if settings.propagate:
             from ._propagate import enable_propagation

@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import ConfigurationError
 from .._events import CostEvent
@@ -40,6 +40,19 @@ _CONFLICT_RETRIES = 3  # 409 is retried this many times, then set aside as `conf
 _CONGESTION_STATUSES = frozenset({429, 503})
 _MAX_IN_FLIGHT_LIMIT = 64
 _SYNC_WAIT = 1.0  # durability="sync": the longest record() waits for the spool commit (never hangs the host)
+# How long the worker lets deferred provider calls gather before pricing them in one batch (flush(), stats() and
+# shutdown() drain at once). One wake per window instead of one per call keeps the worker off the caller's GIL.
+_DEFER_LINGER = 0.05
+
+class Feeder(Protocol):
+    """Events-to-be held outside the pipeline (the recorder's deferred provider calls)."""
+
+    def drain(self) -> None:
+        """Turn everything held into events, submitting each to the pipeline."""
+
+    def forget_deferred(self) -> None:
+        """In a forked child: drop what the parent holds (the parent delivers it)."""
+
 
 _throttle = LogThrottle()
 _auth_throttle = LogThrottle(_AUTH_LOG_WINDOW)
@@ -173,6 +186,7 @@ class DeliveryPipeline:
         self._sync = durability == "sync"
         self._closed = False
         self._atexit_hook: Callable[[], None] | None = None
+        self._feeder: Feeder | None = None
         self._init_state()
         _live.add(self)
         has_orphans = getattr(self._store, "has_orphans", None)
@@ -186,6 +200,7 @@ class DeliveryPipeline:
         self._cond = threading.Condition(self._lock)
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
         self._wake = threading.Event()
+        self._armed_at: float | None = None  # monotonic; deferred calls wait to be drained (see arm_deferred)
         self._fork_locked = False
         self._fork_store_lock: Any = None
         self._incoming: deque[Entry] = deque()  # the hot path's queue
@@ -282,6 +297,38 @@ class DeliveryPipeline:
             report_internal_error(exc, "export.submit")
             return False
 
+    def set_feeder(self, feeder: Feeder) -> None:
+        """Attach the recorder's deferred calls: drained by the worker, and by flush(), stats() and shutdown()."""
+        self._feeder = feeder
+
+    def arm_deferred(self) -> bool:
+        """A deferred call is waiting: drain the feeder within ``_DEFER_LINGER``. Called once per linger window.
+
+        Returns False when the caller must drain it itself: shut down, ``durability="sync"`` (the caller waits for
+        the commit), a forked child not yet re-initialised, or no worker thread.
+        """
+        try:
+            if self._closed or self._sync or self._pid != os.getpid():
+                return False
+            if self._worker is None:
+                self._start_worker()
+            if self._armed_at is None:
+                self._armed_at = time.monotonic()
+            self._wake.set()
+            return self._worker_alive()
+        except Exception as exc:
+            report_internal_error(exc, "export.arm_deferred")
+            return False
+
+    def _drain_feeder(self) -> None:
+        self._armed_at = None  # before draining: a call deferred from now on arms again
+        feeder = self._feeder
+        if feeder is not None:
+            try:
+                feeder.drain()
+            except Exception as exc:
+                report_internal_error(exc, "export.drain_deferred")
+
     def _feed_store(self, seq: int) -> None:
         """Wake the spool writer when it is idle or has a full group; with ``durability="sync"``, wait for it."""
         store: Any = self._store
@@ -358,6 +405,12 @@ class DeliveryPipeline:
             try:
                 self._deliver_notices()
                 now = time.monotonic()
+                armed = self._armed_at
+                if armed is not None and (
+                    now >= armed + _DEFER_LINGER or self._flushing or self._deadline is not None or until is not None
+                ):
+                    self._drain_feeder()
+                    now = time.monotonic()
                 with self._lock:
                     if self._abandoned or self._pid != os.getpid():
                         return
@@ -374,6 +427,9 @@ class DeliveryPipeline:
                 wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
+                    armed = self._armed_at
+                    if armed is not None:
+                        limit = min(limit, armed + _DEFER_LINGER - now)
                     if stopping is not None:
                         limit = min(limit, stopping - now)
                     if until is not None:
@@ -501,6 +557,9 @@ class DeliveryPipeline:
         try:
             self._deliver_notices()
             now = time.monotonic()
+            armed = self._armed_at
+            if armed is not None and (now >= armed + _DEFER_LINGER or self._flushing or self._deadline is not None):
+                self._drain_feeder()
             with self._lock:
                 if self._abandoned:
                     return []
@@ -760,6 +819,7 @@ class DeliveryPipeline:
         try:
             self._check_pid()
             deadline = time.monotonic() + max(0.0, timeout)
+            self._drain_feeder()  # calls finished before this flush become events now
             with self._lock:
                 target = self._seq
                 if self._done_locked(target):
@@ -831,6 +891,8 @@ class DeliveryPipeline:
         try:
             self._check_pid()
             budget = self._shutdown_timeout if timeout is None else max(0.0, timeout)
+            if not self._closed:
+                self._drain_feeder()  # deferred calls are accepted events-to-be: queue them before closing
             with self._lock:
                 if self._closed and self._deadline is not None:
                     return
@@ -847,6 +909,7 @@ class DeliveryPipeline:
                     worker.join(max(0.0, deadline - time.monotonic()))
             elif pending:
                 self._drive_inline(None, deadline)
+            self._drain_feeder()  # a call deferred while closing: submitted now, counted dropped[shutdown]
             self._abandon_rest()
             try:
                 self._exporter.shutdown()
@@ -919,6 +982,12 @@ class DeliveryPipeline:
         old_store = self._store
         self._init_state()
         self._paused = paused
+        feeder = self._feeder
+        if feeder is not None:
+            try:
+                feeder.forget_deferred()
+            except Exception as exc:
+                report_internal_error(exc, "export.feeder.after_fork_in_child")
         forget = getattr(old_store, "after_fork_in_child", None)
         if forget is not None:
             try:
@@ -947,6 +1016,7 @@ class DeliveryPipeline:
         connection failures), ``retried``, ``set_aside_reasons``.
         """
         self._check_pid()
+        self._drain_feeder()  # calls finished before stats() are counted as recorded
         try:
             wall = self._clock()
         except Exception:  # a broken user clock must not make stats() fail

@@ -12,7 +12,7 @@ __all__ = ["Price", "Usage"]
 _EMPTY: Mapping[str, Decimal] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Usage:
     """Normalised usage of one operation (OpenTelemetry GenAI convention).
 
@@ -20,6 +20,8 @@ class Usage:
     / ``cache_write_1h_tokens`` are parts of it. ``output_tokens`` is ALL output: ``reasoning_tokens`` is part of it.
     Integrations convert provider shapes (Anthropic reports cache outside ``input_tokens``; Gemini reports thinking
     outside candidates) before building a ``Usage``. Each bucket is priced once.
+
+    Token counts are non-negative ints; ``units`` / ``seconds`` are non-negative finite Decimals (ints accepted).
     """
 
     input_tokens: int | None = None
@@ -35,25 +37,41 @@ class Usage:
     units: Decimal | None = None
     seconds: Decimal | None = None
 
-    def __post_init__(self) -> None:
-        # Integrations build one Usage per provider call, so validation is a plain loop over precomputed names.
-        for name in _TOKEN_FIELDS:
-            value = getattr(self, name)
+    # Hand-written rather than generated: integrations build one Usage per provider call, and the generated frozen
+    # __init__ plus a validating __post_init__ cost about five times this straight-line version.
+    def __init__(
+        self,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cache_read_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        cache_write_1h_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        input_audio_tokens: int | None = None,
+        output_audio_tokens: int | None = None,
+        web_search_requests: int | None = None,
+        requests: int | None = None,
+        units: Decimal | int | None = None,
+        seconds: Decimal | int | None = None,
+    ) -> None:
+        tokens = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
+                  reasoning_tokens, input_audio_tokens, output_audio_tokens, web_search_requests, requests)
+        for index, value in enumerate(tokens):
             if value is not None and (type(value) is not int or value < 0):
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                    continue  # an int subclass (e.g. IntEnum) is fine
-                raise ValueError(f"Usage.{name} must be a non-negative int, got {value!r}")
-        for name in ("units", "seconds"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, (int, Decimal)) or isinstance(value, bool):
-                raise TypeError(f"Usage.{name} must be an int or Decimal, got {type(value).__name__}")
-            if isinstance(value, int):
-                value = Decimal(value)
-                object.__setattr__(self, name, value)
-            if not value.is_finite() or value < 0:
-                raise ValueError(f"Usage.{name} must be finite and >= 0, got {value!r}")
+                _check_count(_TOKEN_FIELDS[index], value)
+        put = object.__setattr__
+        put(self, "input_tokens", input_tokens)
+        put(self, "output_tokens", output_tokens)
+        put(self, "cache_read_tokens", cache_read_tokens)
+        put(self, "cache_write_tokens", cache_write_tokens)
+        put(self, "cache_write_1h_tokens", cache_write_1h_tokens)
+        put(self, "reasoning_tokens", reasoning_tokens)
+        put(self, "input_audio_tokens", input_audio_tokens)
+        put(self, "output_audio_tokens", output_audio_tokens)
+        put(self, "web_search_requests", web_search_requests)
+        put(self, "requests", requests)
+        put(self, "units", None if units is None else _quantity("units", units))
+        put(self, "seconds", None if seconds is None else _quantity("seconds", seconds))
 
     def as_dict(self) -> dict[str, int | Decimal]:
         """The buckets that are set, by name (what goes into the event's ``data``)."""
@@ -72,6 +90,21 @@ class Usage:
 
 _USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 _TOKEN_FIELDS: tuple[str, ...] = tuple(name for name in _USAGE_FIELDS if name not in ("units", "seconds"))
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return  # an int subclass (e.g. IntEnum) is fine
+    raise ValueError(f"Usage.{name} must be a non-negative int, got {value!r}")
+
+
+def _quantity(name: str, value: object) -> Decimal:
+    if not isinstance(value, (int, Decimal)) or isinstance(value, bool):
+        raise TypeError(f"Usage.{name} must be an int or Decimal, got {type(value).__name__}")
+    quantity = Decimal(value) if isinstance(value, int) else value
+    if not quantity.is_finite() or quantity < 0:
+        raise ValueError(f"Usage.{name} must be finite and >= 0, got {value!r}")
+    return quantity
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,167 @@
+"""Provider calls finished through the integration API are priced off the caller's thread, within the linger.
+
+What must not change for the user: the key order inside a job, what flush(), stats() and shutdown() see, strict
+mode raising at the call, test captures receiving the event at once, and a forked child never sending what its
+parent deferred.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+
+import pytest
+
+import paygentic_costs as pc
+from paygentic_costs import UnattributedCostError
+from paygentic_costs.export import InMemoryExporter
+from paygentic_costs.instrumentation import Instrumentor, Patch, Usage
+from paygentic_costs.testing import capture
+
+RATES = {"llm": {"toy:toy-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}}
+
+
+class Direct(Instrumentor):
+    """An integration with nothing to patch: the test drives start_call / finish itself, as a wrapper would."""
+
+    name = "direct"
+    distribution = "httpx"
+    supported = ">=0.1"
+    provider = "toy"
+
+    def _patches(self) -> Iterable[Patch]:
+        return ()
+
+
+@pytest.fixture
+def direct() -> Iterator[Direct]:
+    instrumentor = Direct()
+    instrumentor.instrument()
+    yield instrumentor
+    instrumentor.uninstrument()
+
+
+def _finish(instrumentor: Direct, tokens: int, request_id: str) -> None:
+    call = instrumentor.start_call("create", model="toy-1")
+    assert call is not None
+    with call:
+        pass
+    call.finish(Usage(input_tokens=tokens, output_tokens=tokens // 2), request_id=request_id)
+
+
+def test_the_worker_delivers_a_finished_call_without_flush(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+    with pc.customer("cus_1"):
+        _finish(direct, 1_000_000, "r1")
+    deadline = time.monotonic() + 10
+    while not exporter.events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (event,) = exporter.events
+    assert event.amount == Decimal(2) and event.data["request_id"] == "r1"
+
+
+def test_stats_and_flush_see_every_call_and_keys_follow_the_finish_order(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+    with pc.job("J", customer="cus_1"):
+        for index in range(1, 41):
+            _finish(direct, index * 1000, f"r{index}")
+    assert pc.stats()["recorded"] == 40  # stats() counts calls finished before it, drained or not
+    assert pc.flush(5)
+    by_request = {event.data["request_id"]: event for event in exporter.events}
+    assert len(by_request) == 40
+    assert by_request["r1"].idempotency_key == "J-cost.ai.inference"
+    for index in range(2, 41):
+        assert by_request[f"r{index}"].idempotency_key == f"J-cost.ai.inference-{index}"
+    assert sum(e.amount for e in exporter.events) == sum(Decimal(i * 1000 * 2) / 10**6 for i in range(1, 41))
+
+
+def test_the_event_keeps_the_time_the_call_finished(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+    with pc.customer("cus_1"):
+        before = time.time()
+        _finish(direct, 10, "r1")
+        after = time.time()
+    time.sleep(0.2)  # past the linger: a timestamp taken at pricing time would be later than `after`
+    assert pc.flush(5)
+    (event,) = exporter.events
+    assert before <= event.timestamp.timestamp() <= after
+
+
+def test_unpriced_and_unattributed_calls_are_counted(direct: Direct) -> None:
+    pc.configure(exporter=InMemoryExporter(), rates=RATES)
+    call = direct.start_call("create", model="unknown-model")
+    assert call is not None
+    call.finish(Usage(input_tokens=5))  # no customer in context
+    with pc.customer("cus_1"):
+        call = direct.start_call("create", model="unknown-model")
+        assert call is not None
+        call.finish(Usage(input_tokens=5))
+    stats = pc.stats()
+    assert stats["unattributed"] == 1 and stats["unpriced"] == 1 and stats["recorded"] == 0
+
+
+def test_strict_mode_raises_at_the_call_and_captures_get_the_event_at_once(direct: Direct) -> None:
+    pc.configure(exporter=InMemoryExporter(), rates=RATES, strict=True)
+    call = direct.start_call("create", model="toy-1")
+    assert call is not None
+    with pytest.raises(UnattributedCostError):
+        call.finish(Usage(input_tokens=5))
+    with capture() as costs, pc.customer("cus_1"):
+        _finish(direct, 10, "r1")
+        assert len(costs.events) == 1  # before any flush or linger
+
+
+def test_shutdown_delivers_deferred_calls(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+    with pc.customer("cus_1"):
+        for index in range(5):
+            _finish(direct, 10, f"r{index}")
+    pc.shutdown(5)
+    assert sorted(e.data["request_id"] for e in exporter.events) == [f"r{index}" for index in range(5)]
+
+
+def test_a_forked_child_never_sends_what_its_parent_deferred(tmp_path: object) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import paygentic_costs as pc
+        from paygentic_costs.export import InMemoryExporter
+        from paygentic_costs.instrumentation import Instrumentor, Usage
+
+        class Direct(Instrumentor):
+            name, distribution, supported, provider = "direct", "httpx", ">=0.1", "toy"
+            def _patches(self):
+                return ()
+
+        exporter = InMemoryExporter()
+        pc.configure(exporter=exporter, rates={"llm": {"toy:toy-1": {"input_per_mtok": "1"}}})
+        direct = Direct()
+        direct.instrument()
+        with pc.customer("cus_1"):
+            for i in range(3):
+                call = direct.start_call("create", model="toy-1")
+                call.finish(Usage(input_tokens=10), request_id=f"parent-{i}")
+            pid = os.fork()
+            if pid == 0:
+                call = direct.start_call("create", model="toy-1")
+                call.finish(Usage(input_tokens=10), request_id="child")
+                pc.flush(5)
+                ids = sorted(e.data["request_id"] for e in exporter.events)
+                print("child", ",".join(ids), flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+        pc.flush(5)
+        print("parent", ",".join(sorted(e.data["request_id"] for e in exporter.events)), flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert lines == {"child": "child", "parent": "parent-0,parent-1,parent-2"}
