@@ -35,7 +35,7 @@ __all__ = [
 _KEY = otel_context.create_key("paygentic_costs.attribution")
 # Per-call markers are plain ContextVars: they are set around every provider call, and an OTel attach/detach pair
 # (a context copy each) costs several times more. They still follow asyncio tasks and pc.wrap() like the rest.
-_active_call: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+ACTIVE_CALL: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "paygentic_costs_active_call", default=None
 )
 _suppressed: contextvars.ContextVar[bool] = contextvars.ContextVar("paygentic_costs_suppressed", default=False)
@@ -276,17 +276,17 @@ def wrap(fn: F) -> F:
 
 def active_call() -> object | None:
     """The provider call being recorded in this context, if any (so lower layers don't record it again)."""
-    return _active_call.get()
+    return ACTIVE_CALL.get()
 
 
 def enter_call(call: object) -> object:
     """Mark ``call`` as the active provider call; returns the token for :func:`exit_call`."""
-    return _active_call.set(call)
+    return ACTIVE_CALL.set(call)
 
 
 def exit_call(token: object) -> None:
     """Undo :func:`enter_call`."""
-    _active_call.reset(token)  # type: ignore[arg-type]
+    ACTIVE_CALL.reset(token)  # type: ignore[arg-type]
 
 
 def is_suppressed() -> bool:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _context
-from ._context import Attribution, key_prefix
+from ._context import ACTIVE_CALL, Attribution, key_prefix
 from ._errors import InvalidCostError, UnattributedCostError
 from ._events import CostEvent, decimal_to_json
 from ._guard import log_once, public_logger, report_internal_error
@@ -484,7 +484,8 @@ class CallHandle:
     prices, attributes and emits.
     """
 
-    __slots__ = ("_claim_token", "_tokens", "attribution", "event_type", "model", "operation", "provider", "recorder")
+    __slots__ = ("_claim_token", "_token", "_tokens", "attribution", "event_type", "model", "operation", "provider",
+                 "recorder")
 
     def __init__(
         self,
@@ -502,15 +503,26 @@ class CallHandle:
         self.model = model
         self.attribution = attribution
         self._claim_token = [True]  # list.pop() is atomic: exactly one of finish/fail/GC-finalize wins, no lock
-        self._tokens: list[object] = []
+        self._token: Any = None  # the active-call marker of the outermost `with call:`
+        self._tokens: list[Any] | None = None  # nested `with call:` blocks (rare)
 
     def __enter__(self) -> CallHandle:
         """Mark this call active while the SDK runs, so a lower layer (HTTP) does not record it again."""
-        self._tokens.append(_context.enter_call(self))
+        token = ACTIVE_CALL.set(self)
+        if self._token is None:
+            self._token = token
+        else:
+            if self._tokens is None:
+                self._tokens = []
+            self._tokens.append(token)
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        _context.exit_call(self._tokens.pop())
+        if self._tokens:
+            ACTIVE_CALL.reset(self._tokens.pop())
+        else:
+            token, self._token = self._token, None
+            ACTIVE_CALL.reset(token)
         if ev is not None:
             self.fail(ev)
 
@@ -541,10 +553,13 @@ class CallHandle:
         The event is priced and built off the caller's thread (see ``paygentic_costs._recorder``); ``flush()`` and
         ``stats()`` see it, and a test capture receives it before ``finish`` returns.
         """
-        if not self._claim():
-            return
         try:
-            if usage is None or usage.is_empty:
+            if not self._claim_token.pop():
+                return
+        except IndexError:
+            return  # already finished, failed or finalized
+        try:
+            if usage is None or (usage.input_tokens is None and usage.output_tokens is None and usage.is_empty):
                 self.recorder.missing_usage(self, call_site)
                 return
             self.recorder.defer(self, usage, model, request_id, service_tier, batch, dimensions)

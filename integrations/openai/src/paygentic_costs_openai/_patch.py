@@ -59,6 +59,11 @@ def _call_site(operation: str, what: str) -> str:
     return f"openai {operation} {what}"
 
 
+# Guards are stateless: one per place, built once rather than per call.
+_PREPARE_GUARD = guard("openai.prepare")
+_FINISH_GUARDS = {operation: guard(f"openai.{operation}.finish") for operation in _OPERATIONS.values()}
+
+
 class _Prepared:
     """What the wrapper decided before sending: the operation, the (maybe extended) arguments, stream handling."""
 
@@ -143,7 +148,7 @@ class _Wrappers:
 
     def _open(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Prepared, CallHandle] | None:
         prepared: _Prepared | None = None
-        with guard("openai.prepare"):  # request extraction failed: the SDK call proceeds, with no event
+        with _PREPARE_GUARD:  # request extraction failed: the SDK call proceeds, with no event
             prepared = _prepare(args, kwargs)
         if prepared is None:
             return None
@@ -176,7 +181,7 @@ class _Wrappers:
 
     def _after(self, prepared: _Prepared, call: CallHandle, result: Any) -> Any:
         out = result
-        with guard(f"openai.{prepared.operation}.finish"):
+        with _FINISH_GUARDS[prepared.operation]:
             if isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
                 self._hold_raw(prepared, call, result)
             elif isinstance(result, (Stream, AsyncStream)):
