@@ -20,7 +20,7 @@ import paygentic_costs as pc
 from paygentic_costs import UnattributedCostError
 from paygentic_costs.export import InMemoryExporter
 from paygentic_costs.instrumentation import Instrumentor, Patch, Usage
-from paygentic_costs.testing import capture
+from paygentic_costs.testing import capture, internal_errors
 
 RATES = {"llm": {"toy:toy-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}}
 
@@ -165,3 +165,56 @@ def test_a_forked_child_never_sends_what_its_parent_deferred(tmp_path: object) -
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert lines == {"child": "child", "parent": "parent-0,parent-1,parent-2"}
+
+
+class ProviderUsage:
+    """A provider's parsed usage object, as an SDK hands it over."""
+
+    def __init__(self, prompt: int | None, completion: int | None) -> None:
+        self.prompt = prompt
+        self.completion = completion
+
+
+def _read(usage: ProviderUsage) -> Usage | None:
+    if usage.prompt is None and usage.completion is None:
+        return None
+    return Usage(input_tokens=usage.prompt, output_tokens=usage.completion)
+
+
+def test_finish_from_reads_the_usage_when_pricing(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+    reads: list[int] = []
+
+    def counting_read(usage: ProviderUsage) -> Usage | None:
+        reads.append(1)
+        return _read(usage)
+
+    with pc.customer("cus_1"):
+        call = direct.start_call("create", model="toy-1")
+        assert call is not None
+        call.finish_from(counting_read, ProviderUsage(1_000_000, 1_000_000), request_id="r1")
+        call.finish_from(counting_read, ProviderUsage(5, 5), request_id="again")  # finalize-once: ignored
+        empty = direct.start_call("create", model="toy-1")
+        assert empty is not None
+        empty.finish_from(_read, ProviderUsage(None, None))
+    assert pc.flush(5)
+    (event,) = exporter.events
+    assert event.amount == Decimal(3) and event.data["request_id"] == "r1" and len(reads) == 1
+    assert pc.stats()["usage_missing"] == 1
+
+
+@pytest.mark.allow_internal_errors
+def test_a_failing_reader_is_an_internal_error_not_the_callers(direct: Direct) -> None:
+    pc.configure(exporter=InMemoryExporter(), rates=RATES)
+
+    def broken(usage: object) -> Usage | None:
+        raise KeyError("shape changed")
+
+    with internal_errors() as errors, pc.customer("cus_1"):
+        call = direct.start_call("create", model="toy-1")
+        assert call is not None
+        call.finish_from(broken, object())  # returns normally
+        assert pc.flush(5)
+    assert [type(error) for error in errors] == [KeyError]
+    assert pc.stats()["recorded"] == 0

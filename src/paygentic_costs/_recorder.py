@@ -98,7 +98,8 @@ def _new_key() -> str:
 
 # A finished provider call waiting to be priced: the arguments of ``Recorder._record_call``.
 _Deferred = tuple[
-    "CallHandle", Usage, "str | None", "str | None", "str | None", bool, "Mapping[str, Any] | None", "str | None", float
+    "CallHandle", Any, "Callable[[Any], Usage | None] | None", "str | None", "str | None", "str | None", bool,
+    "Mapping[str, Any] | None", "str | None", float,
 ]
 
 
@@ -378,23 +379,27 @@ class Recorder:
     def defer(
         self,
         call: CallHandle,
-        usage: Usage,
+        usage: Any,
+        read: Callable[[Any], Usage | None] | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
         batch: bool,
         dimensions: Mapping[str, Any] | None,
     ) -> None:
-        """Queue a finished provider call for pricing off the caller's thread (the hot path of every integration)."""
+        """Queue a finished provider call for pricing off the caller's thread (the hot path of every integration).
+
+        ``usage`` is a ``Usage``, or with ``read`` the provider's usage object that ``read`` normalises later.
+        """
         attr = call.attribution
         if self.captures or self._arm is None or (attr.customer is None and attr.external_customer is None):
             # A test capture wants the event now; an unattributed call warns (or raises, strict) at the call.
-            self._record_call(call, usage, model, request_id, service_tier, batch, dimensions, None, None)
+            self._record_call(call, usage, read, model, request_id, service_tier, batch, dimensions, None, None)
             return
         # The job's counter is taken now, so keys follow the order in which calls finished.
         key = attr.job.next_key(call.event_type) if attr.job is not None else None
         deferred = self._deferred
-        deferred.append((call, usage, model, request_id, service_tier, batch, dimensions, key, time.time()))
+        deferred.append((call, usage, read, model, request_id, service_tier, batch, dimensions, key, time.time()))
         if not self._armed:
             self._armed = True
             if not self._arm():
@@ -424,7 +429,8 @@ class Recorder:
     def _record_call(
         self,
         call: CallHandle,
-        usage: Usage,
+        usage: Any,
+        read: Callable[[Any], Usage | None] | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
@@ -433,6 +439,13 @@ class Recorder:
         key: str | None,
         finished_at: float | None,
     ) -> None:
+        if read is not None:
+            usage = read(usage)
+            if usage is None or usage.is_empty:
+                self.missing_usage(call, None)
+                return
+            if not isinstance(usage, Usage):
+                raise TypeError(f"the usage reader returned {type(usage).__name__}, not a Usage")
         self.record(
             call.event_type,
             usage=usage,
@@ -562,7 +575,37 @@ class CallHandle:
             if usage is None or (usage.input_tokens is None and usage.output_tokens is None and usage.is_empty):
                 self.recorder.missing_usage(self, call_site)
                 return
-            self.recorder.defer(self, usage, model, request_id, service_tier, batch, dimensions)
+            self.recorder.defer(self, usage, None, model, request_id, service_tier, batch, dimensions)
+        except UnattributedCostError:
+            raise  # strict mode is the user's explicit choice to fail loudly
+        except Exception as exc:
+            report_internal_error(exc, f"{self.provider}.{self.operation}.finish")
+
+    def finish_from(
+        self,
+        read: Callable[[Any], Usage | None],
+        source: Any,
+        *,
+        model: str | None = None,
+        request_id: str | None = None,
+        service_tier: str | None = None,
+        batch: bool = False,
+        dimensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        """:meth:`finish` with the usage read later: ``read(source)`` runs off the caller's thread, when the call is
+        priced (at the latest on ``flush()``), so normalising the provider's usage costs the caller nothing.
+
+        ``source`` must not change after the call: pass the provider's parsed usage object (never mutated by the
+        SDK), not something the caller reuses. ``read`` returning None or an empty ``Usage`` counts ``usage_missing``.
+        Never raises (a ``read`` that raises is reported as an internal error).
+        """
+        try:
+            if not self._claim_token.pop():
+                return
+        except IndexError:
+            return
+        try:
+            self.recorder.defer(self, source, read, model, request_id, service_tier, batch, dimensions)
         except UnattributedCostError:
             raise  # strict mode is the user's explicit choice to fail loudly
         except Exception as exc:

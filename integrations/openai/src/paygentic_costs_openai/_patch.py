@@ -20,6 +20,7 @@ from typing import Any
 from openai import AsyncStream, Stream
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import BaseAPIResponse
+from openai.types.chat import ChatCompletion
 
 from paygentic_costs.instrumentation import (
     AsyncStreamProxy,
@@ -30,7 +31,7 @@ from paygentic_costs.instrumentation import (
     guard,
 )
 
-from ._extract import reported_from_result
+from ._extract import chat_usage, reported_from_result
 from ._stream import AsyncHidingChatStream, ChatStreamState, ResponsesStreamState, StreamState, SyncHidingChatStream
 
 __all__ = ["patches"]
@@ -289,6 +290,19 @@ class _Wrappers:
 
 def _finish_result(operation: str, call: CallHandle, result: Any) -> bool:
     """Finish ``call`` from a parsed result; False when the result is not this operation's type."""
+    if operation == "chat.completions" and isinstance(result, ChatCompletion):
+        # The common case: only the three keys are read here; the usage object is normalised off this thread.
+        usage = result.usage
+        if usage is not None:
+            model, request_id, tier = result.model, result.id, result.service_tier
+            call.finish_from(
+                chat_usage,
+                usage,
+                model=model if type(model) is str and model else None,
+                request_id=request_id if type(request_id) is str and request_id else None,
+                service_tier=tier if type(tier) is str and tier else None,
+            )
+            return True
     reported = reported_from_result(operation, result)
     if reported is None:
         return False
