@@ -235,32 +235,56 @@ class Instrumentor(ABC):
         if not self.enabled or is_suppressed() or active_call() is not None:
             return None
         try:
-            from ._runtime import get_runtime
-
-            return get_runtime().recorder.start_call(
+            runtime = _runtime_module or _load_runtime_module()
+            call: CallHandle = runtime.get_runtime().recorder.start_call(
                 provider=self.provider, operation=operation, event_type=self.event_type, model=model
             )
+            return call
         except Exception as exc:
             report_internal_error(exc, f"{self.name}.start_call")
             return None
 
 
+# ``_runtime`` is imported on the first call, as before, but only once: an import statement in start_call cost
+# microseconds on every call. The module is kept, not its ``get_runtime``, so the lookup stays live for anything
+# that replaces that function.
+_runtime_module: Any = None
+
+
+def _load_runtime_module() -> Any:
+    global _runtime_module
+    from . import _runtime
+
+    _runtime_module = _runtime
+    return _runtime
+
+
 class _StreamFinalizer:
-    """Calls ``on_end`` exactly once, whatever ends the stream; hook errors are logged, never raised."""
+    """One stream's record: the hooks, the iterator over the wrapped stream, and the finalize-once flag.
+
+    ``on_end`` runs exactly once, whatever ends the stream; hook errors are logged, never raised. A plain slotted
+    object on purpose: the proxies are ``wrapt`` proxies, whose own attributes cost several times more to read than
+    a slot, so the per-item path reads this record once and everything else from it.
+    """
+
+    __slots__ = ("done", "iterator", "lock", "on_chunk", "on_end")
 
     def __init__(self, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]) -> None:
         self.on_chunk = on_chunk
         self.on_end = on_end
+        self.iterator: Any = None  # created on the first item, from the wrapped stream's __iter__ / __aiter__
         self.done = False
         self.lock = threading.Lock()
 
     def chunk(self, item: Any) -> None:
+        """Run ``on_chunk`` on one item; an error in it is reported, never raised."""
         try:
             self.on_chunk(item)
         except Exception as exc:
             report_internal_error(exc, "stream.on_chunk")
 
     def end(self, error: BaseException | None) -> None:
+        """Run ``on_end`` unless it already ran; an error in it is reported, never raised."""
         with self.lock:
             if self.done:
                 return
@@ -276,30 +300,45 @@ class SyncStreamProxy(_Proxy):
 
     The proxy is transparent (``isinstance`` and attribute access reach the original stream); iteration, ``close()``
     and ``with`` are intercepted. Stream errors propagate unchanged after ``on_end(error)``.
+
+    A subclass that overrides ``__next__`` keeps the contract through the per-stream record ``self._self_final``:
+    it pulls from ``record.iterator`` (``None`` until the first item; then ``iter()`` of the wrapped stream, shared
+    with this class's ``__next__``), passes items to ``record.chunk(item)`` (or to ``record.on_chunk`` inside its
+    own error reporting), and calls ``record.end(error)`` when the iterator raises (``None`` for ``StopIteration``).
+    ``close()``, ``with`` exit and collection share that once-only ``end``.
     """
+
+    __slots__ = ("_self_final",)
 
     def __init__(
         self, stream: Any, *, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]
     ) -> None:
         super().__init__(stream)
         self._self_final = _StreamFinalizer(on_chunk, on_end)
-        self._self_iter: Any = None
 
     def __iter__(self) -> SyncStreamProxy:
         return self
 
     def __next__(self) -> Any:
-        if self._self_iter is None:
-            self._self_iter = iter(self.__wrapped__)
+        # The hot path: runs once per item of every stream. The record is read through its slot descriptor (a
+        # proxy's own attribute lookup costs several times more), everything else from the record; the hook is
+        # called here, not through another method (try blocks cost nothing until something raises).
+        final = _sync_final(self)
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = iter(self.__wrapped__)
         try:
-            item = next(self._self_iter)
+            item = next(iterator)
         except StopIteration:
-            self._self_final.end(None)
+            final.end(None)
             raise
         except BaseException as exc:
-            self._self_final.end(exc)
+            final.end(exc)
             raise
-        self._self_final.chunk(item)
+        try:
+            final.on_chunk(item)
+        except Exception as exc:
+            report_internal_error(exc, "stream.on_chunk")
         return item
 
     def __enter__(self) -> SyncStreamProxy:
@@ -328,31 +367,41 @@ class SyncStreamProxy(_Proxy):
         self._self_final.end(None)
 
 
+# Reads the record slot directly, skipping the proxy's attribute lookup (which first checks for names it forwards).
+_sync_final = SyncStreamProxy.__dict__["_self_final"].__get__
+
+
 class AsyncStreamProxy(_Proxy):
     """The async twin of :class:`SyncStreamProxy` (``async for``, ``async with``, ``await close()``)."""
+
+    __slots__ = ("_self_final",)
 
     def __init__(
         self, stream: Any, *, on_chunk: Callable[[Any], None], on_end: Callable[[BaseException | None], None]
     ) -> None:
         super().__init__(stream)
         self._self_final = _StreamFinalizer(on_chunk, on_end)
-        self._self_iter: Any = None
 
     def __aiter__(self) -> AsyncStreamProxy:
         return self
 
     async def __anext__(self) -> Any:
-        if self._self_iter is None:
-            self._self_iter = self.__wrapped__.__aiter__()
+        final = _async_final(self)  # as in SyncStreamProxy.__next__
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = self.__wrapped__.__aiter__()
         try:
-            item = await self._self_iter.__anext__()
+            item = await iterator.__anext__()
         except StopAsyncIteration:
-            self._self_final.end(None)
+            final.end(None)
             raise
         except BaseException as exc:
-            self._self_final.end(exc)
+            final.end(exc)
             raise
-        self._self_final.chunk(item)
+        try:
+            final.on_chunk(item)
+        except Exception as exc:
+            report_internal_error(exc, "stream.on_chunk")
         return item
 
     async def __aenter__(self) -> AsyncStreamProxy:
@@ -387,3 +436,6 @@ class AsyncStreamProxy(_Proxy):
 
     def __del__(self) -> None:
         self._self_final.end(None)
+
+
+_async_final = AsyncStreamProxy.__dict__["_self_final"].__get__

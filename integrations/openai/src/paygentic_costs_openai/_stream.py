@@ -31,6 +31,8 @@ __all__ = [
 _TERMINAL_EVENTS = (ResponseCompletedEvent, ResponseIncompleteEvent, ResponseFailedEvent)
 _TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _NOTHING: Any = object()
+# SDK event class -> isinstance(event, _TERMINAL_EVENTS), filled as the classes are first seen.
+_TERMINAL_CLASSES: dict[type, bool] = {}
 
 
 class StreamState:
@@ -78,7 +80,10 @@ class ChatStreamState(StreamState):
 
     def on_chunk(self, chunk: Any) -> None:
         """Remember the id, model and tier once, and the usage when the usage chunk passes."""
-        usage = getattr(chunk, "usage", None)  # one lookup on the common path (a content chunk without usage)
+        try:  # one attribute read on the common path (a content chunk without usage); try costs nothing until raised
+            usage = chunk.usage
+        except AttributeError:
+            usage = None
         if self.request_id is None and isinstance(chunk, ChatCompletionChunk):
             self.request_id = chunk.id or None
             self.model = chunk.model or None
@@ -101,7 +106,14 @@ class ResponsesStreamState(StreamState):
 
     def on_chunk(self, chunk: Any) -> None:
         """Take usage, model, id and tier from ``response.completed`` / ``.incomplete`` / ``.failed``."""
-        if isinstance(chunk, _TERMINAL_EVENTS):
+        # isinstance on the SDK's models is slow (their metaclass is an ABC): its answer is kept per SDK class.
+        cls = type(chunk)
+        terminal = _TERMINAL_CLASSES.get(cls)
+        if terminal is None:
+            terminal = isinstance(chunk, _TERMINAL_EVENTS)
+            if cls.__module__.startswith("openai."):  # a bounded set of classes that never fake their __class__
+                _TERMINAL_CLASSES[cls] = terminal
+        if terminal:
             response: Any = chunk.response
         elif getattr(chunk, "type", None) in _TERMINAL_TYPES:
             # Version branch: older SDKs (seen on 1.66) cannot build the terminal event when the API sends output
@@ -129,36 +141,76 @@ def _finishes_a_choice(chunk: Any) -> bool:
     return False
 
 
+class _Lookahead:
+    """A hiding proxy's own per-stream record, read once per item through its slot (proxy attributes are slow).
+
+    ``final`` is the core proxy's record (the shared iterator, ``chunk`` and the once-only ``end``); ``ahead`` is the
+    item (or deferred exception) read past a ``finish_reason`` chunk, handed out on the next ``next()``.
+    """
+
+    __slots__ = ("ahead", "final", "state")
+
+    def __init__(self, final: Any, state: ChatStreamState) -> None:
+        self.final = final
+        self.state = state
+        self.ahead: Any = _NOTHING
+
+
 class SyncHidingChatStream(SyncStreamProxy):
     """A chat stream whose request we extended with ``include_usage``: the usage-only chunk is consumed, not shown.
 
     OpenAI sends the usage chunk right after the last ``finish_reason`` chunk. Callers often ``break`` on
     ``finish_reason``; so after such a chunk the proxy reads one item ahead. When it is the usage chunk it is recorded
     and dropped; anything else (another choice's chunk, the end, an error) is handed out on the next ``next()``.
+
+    ``state`` is a :class:`ChatStreamState`: its hook changes nothing for a chunk without usage once the id is known,
+    so the per-item path calls it only for the first chunks and the usage chunk.
     """
+
+    __slots__ = ("_self_hide",)
 
     def __init__(self, stream: Any, state: ChatStreamState) -> None:
         super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
-        self._self_ahead: Any = _NOTHING
+        self._self_hide = _Lookahead(self._self_final, state)
 
     def __next__(self) -> Any:
-        ahead = self._self_ahead
+        # The per-item path of every instrumented chat stream: one frame, the hook inlined for content chunks.
+        hide = _sync_hide(self)
+        ahead = hide.ahead
         if ahead is not _NOTHING:
-            self._self_ahead = _NOTHING
+            hide.ahead = _NOTHING
             if isinstance(ahead, BaseException):
                 raise ahead
             return ahead
+        final = hide.final
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = iter(self.__wrapped__)
         while True:
-            item = SyncStreamProxy.__next__(self)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                final.end(None)
+                raise
+            except BaseException as exc:
+                final.end(exc)
+                raise
             if type(item) is not ChatCompletionChunk:  # exact type: this loop runs per chunk, keep it to one check
+                final.chunk(item)
                 return item
+            try:
+                usage = item.usage
+            except AttributeError:
+                usage = None
+            if usage is not None or hide.state.request_id is None:
+                final.chunk(item)  # the id, model and tier of the first chunk; the usage of the usage chunk
             choices = item.choices
             if not choices:
-                if item.usage is not None:
+                if usage is not None:
                     continue  # ours: the caller did not ask for it
                 return item
             if choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
-                self._self_ahead = self._read_ahead()
+                hide.ahead = self._read_ahead()
             return item
 
     def _read_ahead(self) -> Any:
@@ -175,28 +227,49 @@ class SyncHidingChatStream(SyncStreamProxy):
 class AsyncHidingChatStream(AsyncStreamProxy):
     """The async twin of :class:`SyncHidingChatStream`."""
 
+    __slots__ = ("_self_hide",)
+
     def __init__(self, stream: Any, state: ChatStreamState) -> None:
         super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
-        self._self_ahead: Any = _NOTHING
+        self._self_hide = _Lookahead(self._self_final, state)
 
     async def __anext__(self) -> Any:
-        ahead = self._self_ahead
+        hide = _async_hide(self)
+        ahead = hide.ahead
         if ahead is not _NOTHING:
-            self._self_ahead = _NOTHING
+            hide.ahead = _NOTHING
             if isinstance(ahead, BaseException):
                 raise ahead
             return ahead
+        final = hide.final
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = self.__wrapped__.__aiter__()
         while True:
-            item = await AsyncStreamProxy.__anext__(self)
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                final.end(None)
+                raise
+            except BaseException as exc:
+                final.end(exc)
+                raise
             if type(item) is not ChatCompletionChunk:
+                final.chunk(item)
                 return item
+            try:
+                usage = item.usage
+            except AttributeError:
+                usage = None
+            if usage is not None or hide.state.request_id is None:
+                final.chunk(item)
             choices = item.choices
             if not choices:
-                if item.usage is not None:
+                if usage is not None:
                     continue  # ours: the caller did not ask for it
                 return item
             if choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
-                self._self_ahead = await self._read_ahead()
+                hide.ahead = await self._read_ahead()
             return item
 
     async def _read_ahead(self) -> Any:
@@ -208,3 +281,8 @@ class AsyncHidingChatStream(AsyncStreamProxy):
         except Exception as exc:  # re-raised unchanged on the caller's next __anext__()
             return exc
         return _NOTHING if chunk_is_usage_only(item) else item
+
+
+# Slot readers for the per-item paths: they skip the proxy's own attribute lookup.
+_sync_hide = SyncHidingChatStream.__dict__["_self_hide"].__get__
+_async_hide = AsyncHidingChatStream.__dict__["_self_hide"].__get__
