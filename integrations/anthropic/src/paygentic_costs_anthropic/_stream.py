@@ -7,6 +7,7 @@ responses (``with_raw_response`` / ``with_streaming_response``) are observed whe
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anthropic
@@ -43,7 +44,34 @@ def wrap_stream(call: CallHandle, stream: Any, call_site: str, *, is_async: bool
         finish_message(call, info, call_site)
 
     proxy_type = AsyncStreamProxy if is_async else SyncStreamProxy
-    return proxy_type(stream, on_chunk=accumulator.add, on_end=on_end)
+    return proxy_type(stream, on_chunk=_observer(accumulator.add), on_end=on_end)
+
+
+# SDK event class -> not a Mapping (its ``type`` is an attribute), filled as the classes are first seen.
+_ATTRIBUTE_EVENTS: dict[type, bool] = {}
+
+
+def _observer(add: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``StreamAccumulator.add``, skipped for the SDK's events it ignores (all but message_start / message_delta).
+
+    Most events of a stream are content deltas; ``add`` looks each one up as a possible ``Mapping`` first (an ABC
+    isinstance, the bulk of its cost) only to ignore it. Pinned against ``add`` itself by test_stream_observer.py.
+    """
+
+    def on_chunk(event: Any) -> None:
+        cls = type(event)
+        plain = _ATTRIBUTE_EVENTS.get(cls)
+        if plain is None:
+            plain = not isinstance(event, Mapping)
+            if cls.__module__.startswith("anthropic."):  # a bounded set of classes, none of them a Mapping
+                _ATTRIBUTE_EVENTS[cls] = plain
+        if plain:
+            kind = getattr(event, "type", None)
+            if kind != "message_start" and kind != "message_delta":
+                return
+        add(event)
+
+    return on_chunk
 
 
 def _body_info(response: Any) -> MessageInfo | None:
