@@ -30,12 +30,9 @@ TOKEN = "sk_test_kill"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ITERATIONS = int(os.environ.get("PAYGENTIC_T10_ITERATIONS", "15"))
 EVENTS = int(os.environ.get("PAYGENTIC_T10_EVENTS", "2000"))
-COMMIT_WINDOW = 0.1  # the production default; the dead process runs with it
-# What is asserted. The 100 ms window holds while the spool's writer thread gets the CPU; in this test the recorder
-# loop holds the GIL at full speed on a shared 2-core machine, and one CI run saw the writer fall behind (82 events
-# 100 ms-1 s old lost). Until the spool applies back-pressure when its commit falls behind, the test asserts the
-# starved bound and reports how often the 100 ms one was missed.
-ASSERTED_WINDOW = 1.0
+# The production default; the dead process runs with it. The recorder loop below holds the GIL at full speed, the
+# case where the spool's writer thread would starve without the pipeline's commit back-pressure.
+COMMIT_WINDOW = 0.1
 
 _RECORDER = textwrap.dedent("""
     import functools, os, sys, time
@@ -83,7 +80,7 @@ def test_t10_kill_9_at_a_random_moment_loses_nothing_committed(fake: Any, tmp_pa
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     seed = int(os.environ.get("PAYGENTIC_T10_SEED", str(time.time_ns() % 10**6)))
     rng = random.Random(seed)
-    checked = resends = late_commits = 0
+    checked = resends = 0
     for iteration in range(ITERATIONS):
         directory = tmp_path / f"spool-{iteration}"
         side = tmp_path / f"returned-{iteration}.txt"
@@ -120,15 +117,16 @@ def test_t10_kill_9_at_a_random_moment_loses_nothing_committed(fake: Any, tmp_pa
         fp.assert_identity(pipeline.stats())
 
         returned = _returned(side)
-        must = {key for key, at in returned.items() if at <= killed_at - ASSERTED_WINDOW}
-        nominal = {key for key, at in returned.items() if at <= killed_at - COMMIT_WINDOW}
+        must = {key for key, at in returned.items() if at <= killed_at - COMMIT_WINDOW}
         ledger: set[str] = fake.keys()
         stored = {key for key in ledger if key.startswith(prefix + "-")}
         missing = must - stored
         assert not missing, f"iteration {iteration} (seed {seed}): {len(missing)} committed events lost; {stats}"
-        late_commits += len(nominal - stored)
-        assert stored <= set(returned)  # nothing the dead process never accepted
-        checked += len(nominal)
+        # Nothing the dead process never submitted: the returned keys, plus at most the one whose submit() was
+        # still in progress (waiting on commit back-pressure while its event was already committed and sent).
+        in_progress = f"{prefix}-{len(returned)}"
+        assert stored <= set(returned) | {in_progress}
+        checked += len(must)
         # Resends are byte-identical, and the restarted process sends each key once: a key reaches the server
         # twice only when the dead process had already sent it (acknowledged within its last commit window).
         by_key: dict[str, list[Any]] = {}
@@ -141,5 +139,5 @@ def test_t10_kill_9_at_a_random_moment_loses_nothing_committed(fake: Any, tmp_pa
         resent = sum(1 for arrivals in by_key.values() if len(arrivals) > 1)
         resends += resent
     assert checked > 0  # the kills landed after some commits
-    print(f"\nT10: {ITERATIONS} kills (seed {seed}), {checked} events older than 100 ms checked, {late_commits} of "
-          f"them lost (commit behind its window; none older than {ASSERTED_WINDOW} s), {resends} resent")
+    print(f"\nT10: {ITERATIONS} kills (seed {seed}), {checked} events older than 100 ms checked, none lost, "
+          f"{resends} resent")

@@ -40,6 +40,8 @@ _CONFLICT_RETRIES = 3  # 409 is retried this many times, then set aside as `conf
 _CONGESTION_STATUSES = frozenset({429, 503})
 _MAX_IN_FLIGHT_LIMIT = 64
 _SYNC_WAIT = 1.0  # durability="sync": the longest record() waits for the spool commit (never hangs the host)
+_MARK_EVERY = 0.01  # commit back-pressure samples the age of uncommitted events at this resolution
+_PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that is behind its window
 # How long the worker lets deferred provider calls gather before pricing them in one batch (flush(), stats() and
 # shutdown() drain at once). One wake per window instead of one per call keeps the worker off the caller's GIL.
 _DEFER_LINGER = 0.05
@@ -209,6 +211,8 @@ class DeliveryPipeline:
         self._outstanding: OrderedDict[int, float] = OrderedDict()
         self._recovered_out: OrderedDict[int, float] = OrderedDict()  # the same for events adopted from disk
         self._committed_seq = 0  # every event up to this seq is held by the store (durability="sync" waits on it)
+        self._commit_marks: deque[tuple[int, float]] = deque()  # (seq, monotonic) samples of uncommitted events
+        self._pressure_off_until = 0.0
         self._recovered = 0
         self._spool_errors = 0
         self._notices: deque[tuple[str, str, str]] = deque(maxlen=max(1024, self._max_queue_size))
@@ -343,10 +347,45 @@ class DeliveryPipeline:
                     if remaining <= 0:
                         return
                     self._cond.wait(remaining)
-        elif store.writer_idle:
+            return
+        if store.writer_idle:
             store.nudge()
         elif len(self._incoming) >= store.commit_events:
             store.nudge(urgent=True)
+        self._commit_pressure(store, seq)
+
+    def _commit_pressure(self, store: Any, seq: int) -> None:
+        """Hold the recording thread while the oldest uncommitted event is older than the store allows.
+
+        Marks (seq, time) every ~10 ms of submits; when the oldest uncommitted mark passes ``store.pressure_age``
+        (60 % of the commit window), wait (GIL released) until the writer has committed it, at most
+        ``_PRESSURE_WAIT``. A wait that runs out (a stalled disk) pauses the back-pressure for a second, so a slow
+        disk slows recording down but never stops it.
+        """
+        now = time.monotonic()
+        marks = self._commit_marks
+        if not marks or now - marks[-1][1] >= _MARK_EVERY:
+            marks.append((seq, now))
+        committed = self._committed_seq
+        try:
+            while marks[0][0] <= committed:
+                marks.popleft()
+            oldest_seq, oldest_at = marks[0]
+        except IndexError:  # all committed (or another thread popped the last mark)
+            return
+        if now - oldest_at < store.pressure_age or now < self._pressure_off_until:
+            return
+        if threading.current_thread() is store._thread or not store.writer_alive():
+            return  # the writer cannot be waited for from itself, nor when it is not running
+        store.nudge(urgent=True)
+        deadline = now + _PRESSURE_WAIT
+        with self._cond:
+            while self._committed_seq < oldest_seq and not self._abandoned:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._pressure_off_until = time.monotonic() + 1.0
+                    return
+                self._cond.wait(remaining)
 
     def _report_drop(self, key: str, reason: str) -> None:
         if self._on_error is None:

@@ -97,6 +97,9 @@ class SpoolStore:
         self._synchronous = synchronous
         # 40 % of the window lingers for more events; the rest is margin for the commit itself on a busy machine.
         self._linger = max(0.0, commit_interval * 0.4)
+        # When the oldest uncommitted event reaches this age, recording threads wait for the commit (back-pressure):
+        # a thread recording at full speed holds the GIL, and the writer then gets it only every switch interval.
+        self.pressure_age = commit_interval * 0.6
         self.commit_events = max(1, commit_events)
         self._adopt_interval = adopt_interval
         self._reopen_interval = reopen_interval
