@@ -4,8 +4,14 @@ Method (reference/bench-notes.md): one ``openai.OpenAI`` client over ``httpx2.Mo
 completion (and, for streams, 58 SSE chunks + the usage chunk when asked for + ``[DONE]``), so the SDK's own cost is
 the floor. Each configuration runs in its own subprocess (patches never leak between them); the parent interleaves
 rounds across them (shuffled order per round). Per round: ``--calls`` non-streaming and ``--stream-calls`` streaming
-calls after a warm-up, each timed with ``perf_counter_ns``; the round's figure is the median call. Reported: the
-median over rounds of the per-round paired difference against the bare SDK measured in the same round.
+calls after a warm-up, each timed with ``perf_counter_ns``.
+
+Pairing: inside each configuration's process, every instrumented call is paired with a bare call made right before
+or after it (alternating order), by switching the patched SDK attributes to their originals and back between the two
+calls (nothing else changes: the instrumentation's threads and state stay up). A round's figure is the median of its
+per-pair differences; reported is the median over rounds. Comparing medians of *separate* bare and instrumented
+processes (the first version of this script) is swamped on shared machines by process-to-process offsets of several
+percent of a ~2 ms call; the ``control`` configuration (bare paired with bare, same switching) shows the floor.
 
     python bench/bench_openai.py                    # full run (10 rounds x 2,000 / 200 calls)
     python bench/bench_openai.py --rounds 3 --calls 300 --stream-calls 30   # quick look
@@ -27,7 +33,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("bare", "paygentic", "otel")
+CONFIGS = ("control", "paygentic", "otel")
 STREAM_CONTENT_CHUNKS = 56  # + the role chunk + the finish chunk = 58 chunks, + usage chunk (when asked) + [DONE]
 RATES = '[llm."openai:gpt-4o"]\ninput_per_mtok = "2.50"\ncache_read_per_mtok = "1.25"\noutput_per_mtok = "10.00"\n'
 
@@ -79,10 +85,46 @@ def _client() -> Any:
                          http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
 
 
-def _setup(config: str) -> Any:
-    """Install the configuration; returns a context manager to run calls in."""
+# Where either instrumentation patches the sync chat path; switching these attributes turns it off and on.
+_PATCH_SITES = (
+    ("openai._base_client", "SyncAPIClient"),
+    ("openai.resources.chat.completions.completions", "Completions"),
+    ("openai._response", "APIResponse"),
+    ("openai._legacy_response", "LegacyAPIResponse"),
+)
+
+
+def _snapshot() -> dict[tuple[type, str], Any]:
+    import importlib
+
+    values: dict[tuple[type, str], Any] = {}
+    for module, name in _PATCH_SITES:
+        owner = getattr(importlib.import_module(module), name)
+        for attribute, value in vars(owner).items():
+            values[(owner, attribute)] = value
+    return values
+
+
+class Switch:
+    """Turns an installed instrumentation off (originals back) and on again, by attribute assignment only."""
+
+    def __init__(self, before: dict[tuple[type, str], Any], after: dict[tuple[type, str], Any]) -> None:
+        self.changed = [(key, before[key], value) for key, value in after.items()
+                        if key in before and before[key] is not value]
+
+    def set(self, on: bool) -> None:
+        for (owner, attribute), original, patched in self.changed:
+            setattr(owner, attribute, patched if on else original)
+
+
+def _setup(config: str) -> tuple[Any, Switch]:
+    """Install the configuration; returns a context manager to run calls in, and its on/off switch."""
     import contextlib
 
+    import openai  # noqa: F401 -- the patch sites must exist before the snapshot
+
+    before = _snapshot()
+    scope: Any = contextlib.nullcontext()
     if config == "paygentic":
         import paygentic_costs as pc
         from paygentic_costs.export import InMemoryExporter
@@ -91,8 +133,8 @@ def _setup(config: str) -> Any:
         (state / "rates.toml").write_text(RATES)
         pc.configure(rates=state / "rates.toml", exporter=InMemoryExporter(), state_dir=state)
         pc.instrument("openai")
-        return pc.customer("cus_bench")
-    if config == "otel":
+        scope = pc.customer("cus_bench")
+    elif config == "otel":
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -104,34 +146,59 @@ def _setup(config: str) -> Any:
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(NoopExporter()))
         OpenAIInstrumentor().instrument(tracer_provider=provider)
-    return contextlib.nullcontext()
+    switch = Switch(before, _snapshot())
+    if config != "control" and not switch.changed:
+        raise SystemExit(f"{config}: found nothing patched at {_PATCH_SITES}")
+    return scope, switch
 
 
-def _round(client: Any, stream: bool, calls: int) -> int:
-    messages = [{"role": "user", "content": "Hi"}]
-    create = client.chat.completions.create
-    timings: list[int] = []
+def _call(completions: Any, stream: bool, messages: list[dict[str, str]]) -> int:
+    # ``completions.create`` is looked up per call: a bound method taken once would keep whichever function the
+    # switch had installed at that moment.
     clock = time.perf_counter_ns
-    for _ in range(calls):
-        start = clock()
-        if stream:
-            for _ in create(model="gpt-4o", messages=messages, stream=True):
-                pass
+    start = clock()
+    if stream:
+        for _ in completions.create(model="gpt-4o", messages=messages, stream=True):
+            pass
+    else:
+        completions.create(model="gpt-4o", messages=messages)
+    return clock() - start
+
+
+def _round(client: Any, switch: Switch, stream: bool, calls: int) -> tuple[int, int, int]:
+    """``calls`` pairs; returns (median paired difference, median bare call, median instrumented call) in ns."""
+    messages = [{"role": "user", "content": "Hi"}]
+    create = client.chat.completions
+    diffs: list[int] = []
+    bare: list[int] = []
+    instrumented: list[int] = []
+    for index in range(calls):
+        if index % 2:
+            switch.set(False)
+            off = _call(create, stream, messages)
+            switch.set(True)
+            on = _call(create, stream, messages)
         else:
-            create(model="gpt-4o", messages=messages)
-        timings.append(clock() - start)
-    return int(statistics.median(timings))
+            switch.set(True)
+            on = _call(create, stream, messages)
+            switch.set(False)
+            off = _call(create, stream, messages)
+        diffs.append(on - off)
+        bare.append(off)
+        instrumented.append(on)
+    switch.set(True)
+    return (int(statistics.median(diffs)), int(statistics.median(bare)), int(statistics.median(instrumented)))
 
 
 def worker(config: str) -> None:
-    scope = _setup(config)
+    scope, switch = _setup(config)
     client = _client()
     with scope:
         for line in sys.stdin:
             command = json.loads(line)
-            _round(client, command["stream"], max(10, command["calls"] // 10))  # warm-up
-            median = _round(client, command["stream"], command["calls"])
-            print(json.dumps({"median_ns": median}), flush=True)
+            _round(client, switch, command["stream"], max(10, command["calls"] // 10))  # warm-up
+            diff, bare, instrumented = _round(client, switch, command["stream"], command["calls"])
+            print(json.dumps({"diff_ns": diff, "bare_ns": bare, "on_ns": instrumented}), flush=True)
     if config == "paygentic":
         import paygentic_costs as pc
 
@@ -164,7 +231,7 @@ def main() -> None:
 
     procs = {c: subprocess.Popen([sys.executable, __file__, "--worker", c], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True) for c in CONFIGS}
-    results: dict[tuple[str, bool], list[int]] = {(c, s): [] for c in CONFIGS for s in (False, True)}
+    results: dict[tuple[str, bool], list[dict[str, int]]] = {(c, s): [] for c in CONFIGS for s in (False, True)}
     for index in range(args.rounds):
         for stream, calls in ((False, args.calls), (True, args.stream_calls)):
             order = list(CONFIGS)
@@ -174,7 +241,7 @@ def main() -> None:
                 assert proc.stdin is not None and proc.stdout is not None
                 proc.stdin.write(json.dumps({"stream": stream, "calls": calls}) + "\n")
                 proc.stdin.flush()
-                results[(config, stream)].append(json.loads(proc.stdout.readline())["median_ns"])
+                results[(config, stream)].append(json.loads(proc.stdout.readline()))
         print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     worker_stats = {}
     for config, proc in procs.items():
@@ -185,36 +252,35 @@ def main() -> None:
             worker_stats[config] = json.loads(tail.splitlines()[-1])["stats"]
         proc.wait(timeout=60)
 
-    def added(config: str, stream: bool) -> float:
-        pairs = zip(results[(config, stream)], results[("bare", stream)], strict=True)
-        return statistics.median(c - b for c, b in pairs) / 1000
+    def median_of(config: str, stream: bool, field: str) -> float:
+        return statistics.median(r[field] for r in results[(config, stream)]) / 1000
 
     print(f"machine: nproc={os.cpu_count()}, {_cpu_model()}, Python {platform.python_version()}")
     print("versions: " + ", ".join(f"{p} {version(p)}" for p in (
         "openai", "httpx2", "wrapt", "paygentic-costs", "paygentic-costs-openai", "opentelemetry-sdk",
         "opentelemetry-instrumentation-openai-v2", "opentelemetry-util-genai")))
     print(f"method: {args.rounds} interleaved rounds x {args.calls} non-streaming / {args.stream_calls} streaming "
-          f"calls, medians of per-round paired differences; paygentic worker stats: {worker_stats.get('paygentic')}")
+          f"paired calls; medians over rounds of each round's median paired difference; "
+          f"paygentic worker stats: {worker_stats.get('paygentic')}")
     print()
-    print("| configuration | non-stream: per call | added | ratio | stream (58 chunks): per call | added | ratio |")
+    print("| configuration | non-stream: bare call | added | ratio | stream (58 chunks): bare call | added | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    bare = {s: statistics.median(results[("bare", s)]) / 1000 for s in (False, True)}
-    print(f"| bare SDK | {bare[False]:,.0f} µs | — | 1.00 | {bare[True]:,.0f} µs | — | 1.00 |")
-    names = {"paygentic": "paygentic-costs-openai",
+    names = {"control": "control (bare paired with bare: the noise floor)", "paygentic": "paygentic-costs-openai",
              "otel": "opentelemetry-instrumentation-openai-v2 + BatchSpanProcessor"}
-    for config in ("paygentic", "otel"):
+    for config in ("control", "paygentic", "otel"):
         cells = []
         for stream in (False, True):
-            plus = added(config, stream)
-            total = bare[stream] + plus
-            cells.append(f"{total:,.0f} µs | +{plus:,.1f} µs | {total / bare[stream]:.3f}")
+            bare, plus = median_of(config, stream, "bare_ns"), median_of(config, stream, "diff_ns")
+            cells.append(f"{bare:,.0f} µs | {plus:+,.1f} µs | {(bare + plus) / bare:.3f}")
         print(f"| {names[config]} | {cells[0]} | {cells[1]} |")
     for stream, label in ((False, "non-stream"), (True, "stream")):
-        ours, otel = added("paygentic", stream), added("otel", stream)
+        ours, otel = median_of("paygentic", stream, "diff_ns"), median_of("otel", stream, "diff_ns")
         if otel > 0:
             print(f"\n{label}: paygentic-costs adds {ours / otel:.2f}x what openai-v2 adds", end="")
     print()
-
+    per_round = {key: [round(r["diff_ns"] / 1000) for r in rows] for key, rows in results.items()}
+    print("\nper-round added µs: " + "; ".join(
+        f"{config} {'stream' if stream else 'non-stream'} {values}" for (config, stream), values in per_round.items()))
 
 if __name__ == "__main__":
     main()
