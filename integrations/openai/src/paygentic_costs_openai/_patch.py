@@ -82,15 +82,23 @@ class _Prepared:
 def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Prepared | None:
     """Classify one ``request(cast_to, options, *, stream, stream_cls)`` call; None when it is not billable."""
     options = args[1] if len(args) > 1 else kwargs.get("options")
-    if options is None or options.url not in _OPERATIONS or options.method.lower() != "post":
+    if options is None:
+        return None
+    operation = _OPERATIONS.get(options.url)
+    if operation is None:
+        return None
+    method = options.method
+    if method != "post" and method.lower() != "post":
         return None
     body = options.json_data
-    body = body if isinstance(body, Mapping) else {}
+    if type(body) is not dict and not isinstance(body, Mapping):
+        body = {}
     model = body.get("model")
-    prepared = _Prepared(_OPERATIONS[options.url], model if isinstance(model, str) else None, args, kwargs)
+    prepared = _Prepared(operation, model if type(model) is str else None, args, kwargs)
     headers = options.headers
-    prepared.raw = isinstance(headers, Mapping) and bool(headers.get(_RAW_RESPONSE_HEADER))
-    if prepared.operation == "chat.completions" and body.get("stream") is True and not prepared.raw:
+    if headers and (type(headers) is dict or isinstance(headers, Mapping)):
+        prepared.raw = bool(headers.get(_RAW_RESPONSE_HEADER))
+    if operation == "chat.completions" and body.get("stream") is True and not prepared.raw:
         _ask_for_usage(prepared, options, body)
     return prepared
 
