@@ -250,6 +250,23 @@ async def test_async_stream(toy: ToyInstrumentor, sdk: Any) -> None:
     assert len(items) == 5 and len(costs.events) == 1 and costs.events[0].subject == "c"
 
 
+async def test_async_stream_broken_out_of_is_finalized_when_collected(toy: ToyInstrumentor, sdk: Any) -> None:
+    with capture() as costs, pc.customer("c"):
+        async for chunk in await sdk.Client().astream(0):
+            assert "usage" in chunk
+            break  # the stream's generator is dropped here; the loop is not asked to close it later
+        del chunk
+        gc.collect()
+        assert len(costs.events) == 1
+        stream = await sdk.Client().astream(3)
+        async for _ in stream:
+            break
+        del stream
+        gc.collect()
+        assert pc.stats()["usage_missing"] == 1
+    assert len(costs.events) == 1
+
+
 def test_stream_attribution_is_captured_at_start(toy: ToyInstrumentor, sdk: Any) -> None:
     with capture() as costs:
         with pc.customer("cus_start"):

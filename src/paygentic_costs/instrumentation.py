@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -301,11 +302,17 @@ class SyncStreamProxy(_Proxy):
     The proxy is transparent (``isinstance`` and attribute access reach the original stream); iteration, ``close()``
     and ``with`` are intercepted. Stream errors propagate unchanged after ``on_end(error)``.
 
-    A subclass that overrides ``__next__`` keeps the contract through the per-stream record ``self._self_final``:
-    it pulls from ``record.iterator`` (``None`` until the first item; then ``iter()`` of the wrapped stream, shared
-    with this class's ``__next__``), passes items to ``record.chunk(item)`` (or to ``record.on_chunk`` inside its
-    own error reporting), and calls ``record.end(error)`` when the iterator raises (``None`` for ``StopIteration``).
-    ``close()``, ``with`` exit and collection share that once-only ``end``.
+    ``for item in proxy`` runs the generator ``__iter__`` returns (as the SDKs' ``Stream.__iter__`` does); explicit
+    ``next(proxy)`` calls ``__next__``. Both pull from one iterator, so they can be mixed, and a loop broken out of
+    resumes where it stopped when iterated again. Leaving a loop does not end the stream: exhaustion, an error,
+    ``close()``, ``with`` exit or collection of the proxy (the generator keeps it alive while it exists) does.
+
+    A subclass that overrides ``__iter__`` and ``__next__`` keeps the contract through the per-stream record
+    ``self._self_final``: it pulls from ``record.iterator`` (``None`` until the first item; then ``iter()`` of the
+    wrapped stream, shared by every path), passes items to ``record.chunk(item)`` (or to ``record.on_chunk`` inside
+    its own error reporting), and calls ``record.end(error)`` when the iterator raises (``None`` for
+    ``StopIteration``), never on ``GeneratorExit``. ``close()``, ``with`` exit and collection share that once-only
+    ``end``.
     """
 
     __slots__ = ("_self_final",)
@@ -316,13 +323,35 @@ class SyncStreamProxy(_Proxy):
         super().__init__(stream)
         self._self_final = _StreamFinalizer(on_chunk, on_end)
 
-    def __iter__(self) -> SyncStreamProxy:
-        return self
+    def __iter__(self) -> Generator[Any, None, None]:
+        # The hot path of ``for item in stream``: a generator, like the SDKs' own ``Stream.__iter__``, so each item
+        # costs a generator resume instead of a Python-level ``__next__`` call through the proxy's type slot. The
+        # frame holds ``self``: ``for chunk in client...create(stream=True)`` keeps no other reference to the proxy,
+        # and it must not be collected (and finalized) while its items are still being read. No cycle: the proxy
+        # never references its generators, so dropping both still finalizes at once.
+        final = _sync_final(self)
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = iter(self.__wrapped__)
+        on_chunk = final.on_chunk
+        try:
+            for item in iterator:
+                try:
+                    on_chunk(item)
+                except Exception as exc:
+                    report_internal_error(exc, "stream.on_chunk")
+                yield item
+        except GeneratorExit:
+            raise  # the caller left the loop (break, or the generator was dropped): not the end of the stream
+        except BaseException as exc:
+            final.end(exc)
+            raise
+        final.end(None)
 
     def __next__(self) -> Any:
-        # The hot path: runs once per item of every stream. The record is read through its slot descriptor (a
-        # proxy's own attribute lookup costs several times more), everything else from the record; the hook is
-        # called here, not through another method (try blocks cost nothing until something raises).
+        # Explicit ``next(stream)``: the same shared iterator, hook and once-only end as ``__iter__``'s generator,
+        # so the two can be mixed. The record is read through its slot descriptor (a proxy's own attribute lookup
+        # costs several times more); try blocks cost nothing until something raises.
         final = _sync_final(self)
         iterator = final.iterator
         if iterator is None:
@@ -372,7 +401,11 @@ _sync_final = SyncStreamProxy.__dict__["_self_final"].__get__
 
 
 class AsyncStreamProxy(_Proxy):
-    """The async twin of :class:`SyncStreamProxy` (``async for``, ``async with``, ``await close()``)."""
+    """The async twin of :class:`SyncStreamProxy` (``async for``, ``async with``, ``await close()``).
+
+    ``__aiter__`` returns the async generator ``_self_items()`` (the method a subclass overrides, with
+    ``__anext__``), started so that a generator dropped mid-stream is closed at once, not later by the event loop.
+    """
 
     __slots__ = ("_self_final",)
 
@@ -382,8 +415,29 @@ class AsyncStreamProxy(_Proxy):
         super().__init__(stream)
         self._self_final = _StreamFinalizer(on_chunk, on_end)
 
-    def __aiter__(self) -> AsyncStreamProxy:
-        return self
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        return _closed_when_dropped(self._self_items())
+
+    async def _self_items(self) -> AsyncGenerator[Any, None]:
+        # As in SyncStreamProxy.__iter__: one async-generator resume per item instead of a coroutine per item.
+        final = _async_final(self)
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = self.__wrapped__.__aiter__()
+        on_chunk = final.on_chunk
+        try:
+            async for item in iterator:
+                try:
+                    on_chunk(item)
+                except Exception as exc:
+                    report_internal_error(exc, "stream.on_chunk")
+                yield item
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            final.end(exc)
+            raise
+        final.end(None)
 
     async def __anext__(self) -> Any:
         final = _async_final(self)  # as in SyncStreamProxy.__next__
@@ -439,3 +493,27 @@ class AsyncStreamProxy(_Proxy):
 
 
 _async_final = AsyncStreamProxy.__dict__["_self_final"].__get__
+_get_asyncgen_hooks = sys.get_asyncgen_hooks
+_set_asyncgen_hooks = sys.set_asyncgen_hooks
+
+
+def _closed_when_dropped(items: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    """Start ``items`` (an async stream proxy's generator) outside the event loop's async-generator hooks.
+
+    With the hooks (asyncio installs them), an async generator dropped mid-stream — ``break`` out of ``async for``
+    — is not closed where it is dropped: the loop is asked to ``aclose()`` it in a task, and until that task runs
+    the generator keeps its proxy alive, so an abandoned stream would be finalized a few loop iterations late, or
+    never when the loop does not run again. These generators need no loop for their cleanup (nothing is awaited on
+    ``GeneratorExit``), so they are closed synchronously when dropped, as a sync generator is. A generator takes
+    the thread's hooks the first time its ``__anext__()`` is called, so that is done here with no hooks installed
+    (the awaitable it returns is dropped unawaited, which runs nothing), then the hooks are put back.
+    """
+    firstiter, finalizer = _get_asyncgen_hooks()
+    if firstiter is None and finalizer is None:
+        return items
+    _set_asyncgen_hooks(firstiter=None, finalizer=None)
+    try:
+        _ = items.__anext__()  # takes the (absent) hooks; never awaited: runs nothing
+    finally:
+        _set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
+    return items

@@ -78,6 +78,36 @@ def test_stream_helper_sees_the_same_events_and_final_completion(
 
 
 @pytest.mark.parametrize("transport", ["mock"])
+def test_proxied_streams_iterate_like_the_sdk_stream(costs: Capture, client: Any) -> None:
+    import openai
+
+    with pc.job("j", customer="cus_1"):
+        chat = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        responses = client.responses.create(model="gpt-5", input="Hi", stream=True)
+        for stream in (chat, responses):
+            assert isinstance(stream, openai.Stream)
+            assert iter(stream) is not stream  # a generator, as openai.Stream.__iter__ is
+        chunks = [next(chat), *list(chat)]
+        events = [next(responses), *list(responses)]
+    assert len(chunks) == 11 and all(c.choices for c in chunks)  # the usage chunk still hidden
+    assert events[-1].type == "response.completed"
+    assert [e.data["operation"] for e in costs.events] == ["chat.completions", "responses"]
+
+
+@pytest.mark.parametrize("transport", ["mock"])
+async def test_async_proxied_streams_iterate_like_the_sdk_stream(costs: Capture, async_client: Any) -> None:
+    import openai
+
+    with pc.job("j", customer="cus_1"):
+        chat = await async_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        assert isinstance(chat, openai.AsyncStream)
+        first = await chat.__anext__()
+        chunks = [first] + [c async for c in chat]
+    assert len(chunks) == 11 and all(c.choices for c in chunks)
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+
+
+@pytest.mark.parametrize("transport", ["mock"])
 def test_caller_asked_usage_sees_the_usage_chunk(costs: Capture, client: Any, fake: Any) -> None:
     with pc.job("j", customer="cus_1"):
         chunks = list(client.chat.completions.create(

@@ -257,14 +257,15 @@ def test_a_failing_hook_is_reported_and_the_stream_goes_on() -> None:
     assert len(call.finished) == 1
 
 
-def test_core_proxy_is_its_own_lazy_iterator_and_ends_once() -> None:
+def test_core_proxy_iterates_lazily_and_ends_once() -> None:
     source = Source([1, 2, 3])
     ends: list[BaseException | None] = []
     seen: list[Any] = []
     proxy = SyncStreamProxy(source, on_chunk=seen.append, on_end=ends.append)
+    items = iter(proxy)
+    assert items is not proxy  # a generator, like the SDKs' Stream.__iter__
     assert source.iterated == 0  # nothing is read before the caller iterates
-    assert iter(proxy) is proxy
-    assert list(proxy) == [1, 2, 3] == seen
+    assert list(items) == [1, 2, 3] == seen
     with pytest.raises(StopIteration):
         next(proxy)
     proxy.close()
@@ -286,7 +287,6 @@ async def test_async_core_proxy_ends_once_on_error() -> None:
     boom = RuntimeError("stream broke")
     ends: list[BaseException | None] = []
     proxy = AsyncStreamProxy(ASource([1], fail=boom), on_chunk=lambda item: None, on_end=ends.append)
-    assert proxy.__aiter__() is proxy
     assert await proxy.__anext__() == 1
     with pytest.raises(RuntimeError):
         await proxy.__anext__()
@@ -334,3 +334,274 @@ def test_responses_state_reads_terminal_events_of_any_shape() -> None:
     state = ResponsesStreamState(FakeCall(), "test site")  # type: ignore[arg-type]
     state.on_chunk(delta)
     assert state.usage is None and state.request_id is None
+
+
+# -- iteration through the proxies' generators (for / async for) ---------------------------------------------------
+
+
+def core(items: list[Any], fail: BaseException | None = None) -> tuple[SyncStreamProxy, list[Any], list[Any]]:
+    seen: list[Any] = []
+    ends: list[BaseException | None] = []
+    return SyncStreamProxy(Source(items, fail), on_chunk=seen.append, on_end=ends.append), seen, ends
+
+
+def acore(items: list[Any], fail: BaseException | None = None) -> tuple[AsyncStreamProxy, list[Any], list[Any]]:
+    seen: list[Any] = []
+    ends: list[BaseException | None] = []
+    return AsyncStreamProxy(ASource(items, fail), on_chunk=seen.append, on_end=ends.append), seen, ends
+
+
+def test_for_loop_and_next_share_one_iterator_and_a_break_ends_nothing() -> None:
+    proxy, seen, ends = core([1, 2, 3, 4, 5, 6])
+    assert next(proxy) == 1
+    for item in proxy:
+        assert item == 2
+        break
+    assert ends == []  # leaving the loop is not the end of the stream
+    assert next(proxy) == 3
+    items = iter(proxy)
+    assert next(items) == 4
+    assert next(proxy) == 5  # while that generator is suspended
+    assert list(items) == [6]
+    assert seen == [1, 2, 3, 4, 5, 6] and ends == [None]
+    assert list(proxy) == [] and ends == [None]
+    with pytest.raises(StopIteration):
+        next(proxy)
+    proxy.close()
+    assert ends == [None] and proxy.__wrapped__.iterated == 1
+
+
+def test_for_loop_error_propagates_unchanged_and_ends_once() -> None:
+    boom = ValueError("connection dropped")
+    proxy, seen, ends = core([1, 2], fail=boom)
+    got = []
+    with pytest.raises(ValueError) as raised:
+        for item in proxy:
+            got.append(item)
+    assert raised.value is boom and got == [1, 2] == seen
+    assert ends == [boom]
+    assert list(proxy) == [] and ends == [boom]
+    proxy.close()
+    assert ends == [boom]
+
+
+def test_a_closed_or_dropped_generator_ends_nothing() -> None:
+    proxy, _, ends = core([1, 2, 3])
+    items = iter(proxy)
+    assert next(items) == 1
+    items.close()
+    assert ends == []
+    items = iter(proxy)
+    assert next(items) == 2
+    del items
+    gc.collect()
+    assert ends == []
+    assert list(proxy) == [3] and ends == [None]
+
+
+@pytest.mark.allow_internal_errors
+def test_for_loop_reports_a_failing_hook_and_goes_on() -> None:
+    def bad(item: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    ends: list[BaseException | None] = []
+    proxy = SyncStreamProxy(Source([1, 2]), on_chunk=bad, on_end=ends.append)
+    with testing.internal_errors() as errors:
+        assert list(proxy) == [1, 2]
+    assert [type(e) for e in errors] == [RuntimeError, RuntimeError] and ends == [None]
+
+
+def test_a_stream_only_its_generator_references_is_not_finalized_early() -> None:
+    # for chunk in client...create(stream=True): the loop holds the generator, nothing holds the proxy.
+    ends: list[BaseException | None] = []
+    items = iter(SyncStreamProxy(Source([1, 2, 3]), on_chunk=lambda item: None, on_end=ends.append))
+    gc.collect()
+    assert next(items) == 1
+    gc.collect()
+    assert ends == []
+    assert list(items) == [2, 3] and ends == [None]
+
+
+def test_a_stream_abandoned_in_a_loop_is_finalized_when_collected() -> None:
+    ends: list[BaseException | None] = []
+    for _ in SyncStreamProxy(Source([1, 2, 3]), on_chunk=lambda item: None, on_end=ends.append):
+        break
+    assert ends == [None]  # nothing else referenced it: collected (by reference count) as the loop ended
+    proxy, _, ends = core([1, 2, 3])
+    for _ in proxy:
+        break
+    del proxy
+    gc.collect()
+    assert ends == [None]
+
+
+async def test_async_for_and_anext_share_one_iterator_and_a_break_ends_nothing() -> None:
+    proxy, seen, ends = acore([1, 2, 3, 4, 5, 6])
+    assert await proxy.__anext__() == 1
+    async for item in proxy:
+        assert item == 2
+        break
+    assert ends == []
+    assert await proxy.__anext__() == 3
+    items = proxy.__aiter__()
+    assert items is not proxy
+    assert await items.__anext__() == 4
+    assert await proxy.__anext__() == 5
+    assert [item async for item in items] == [6]
+    assert seen == [1, 2, 3, 4, 5, 6] and ends == [None]
+    assert [item async for item in proxy] == [] and ends == [None]
+    with pytest.raises(StopAsyncIteration):
+        await proxy.__anext__()
+    await proxy.close()
+    assert ends == [None] and proxy.__wrapped__.iterated == 1
+
+
+async def test_async_for_error_propagates_unchanged_and_ends_once() -> None:
+    boom = ValueError("connection dropped")
+    proxy, seen, ends = acore([1, 2], fail=boom)
+    got = []
+    with pytest.raises(ValueError) as raised:
+        async for item in proxy:
+            got.append(item)
+    assert raised.value is boom and got == [1, 2] == seen
+    assert ends == [boom]
+    await proxy.aclose()
+    assert ends == [boom]
+
+
+async def test_async_an_abandoned_loop_is_finalized_when_collected_not_later_by_the_loop() -> None:
+    import asyncio
+    import sys
+
+    hooks = sys.get_asyncgen_hooks()
+    assert hooks.finalizer is not None  # asyncio's: it would aclose() a dropped generator in a later task
+    ends: list[BaseException | None] = []
+    source = ASource([1, 2, 3])
+    async for _ in AsyncStreamProxy(source, on_chunk=lambda item: None, on_end=ends.append):
+        break
+    gc.collect()
+    assert ends == [None]  # at once, with no turn of the event loop in between
+    assert sys.get_asyncgen_hooks() == hooks  # the thread's hooks are left as they were
+    proxy, _, ends = acore([1, 2, 3])
+    items = proxy.__aiter__()
+    assert proxy.__wrapped__.iterated == 0  # starting the generator reads nothing
+    assert await items.__anext__() == 1
+    await items.aclose()
+    del items
+    assert ends == []  # a closed generator ends nothing
+    async for _ in proxy:
+        break
+    del proxy
+    gc.collect()
+    assert ends == [None]
+    await asyncio.sleep(0)
+    assert ends == [None]
+
+
+async def test_async_a_stream_only_its_generator_references_is_not_finalized_early() -> None:
+    ends: list[BaseException | None] = []
+    items = AsyncStreamProxy(ASource([1, 2, 3]), on_chunk=lambda item: None, on_end=ends.append).__aiter__()
+    gc.collect()
+    assert await items.__anext__() == 1
+    gc.collect()
+    assert ends == []
+    assert [item async for item in items] == [2, 3] and ends == [None]
+
+
+@pytest.mark.allow_internal_errors
+async def test_async_for_reports_a_failing_hook_and_goes_on() -> None:
+    def bad(item: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    ends: list[BaseException | None] = []
+    proxy = AsyncStreamProxy(ASource([1, 2]), on_chunk=bad, on_end=ends.append)
+    with testing.internal_errors() as errors:
+        assert [item async for item in proxy] == [1, 2]
+    assert [type(e) for e in errors] == [RuntimeError, RuntimeError] and ends == [None]
+
+
+def test_hiding_loop_and_next_hand_out_an_item_read_ahead_once_in_order() -> None:
+    # Choice 0 finishes while choice 1 goes on: the loop reads ahead; a next() after the break gets that item.
+    items = [chunk((0, None), (1, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")),
+             chunk(usage=USAGE)]
+    stream, call, state = hiding(items)
+    for item in stream:
+        if item.choices[0].finish_reason:
+            break
+    assert item is items[1]
+    assert next(stream) is items[2]
+    assert list(stream) == [items[3]]
+    assert state.usage is not None and len(call.finished) == 1
+    # The reverse: a next() reads ahead, the next loop hands the item out first.
+    stream, call, _ = hiding(items)
+    assert [next(stream), next(stream)] == items[:2]
+    assert list(stream) == items[2:4]
+    assert len(call.finished) == 1 and call.finished[0][0] is not None
+
+
+def test_hiding_next_while_the_loop_is_suspended_keeps_the_order() -> None:
+    items = [chunk((0, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")), chunk(usage=USAGE)]
+    stream, call, _ = hiding(items)
+    loop = iter(stream)
+    assert next(loop) is items[0]
+    assert next(stream) is items[1]  # reads items[2] ahead, into the shared record
+    assert list(loop) == items[2:4]  # the suspended loop hands it out first
+    assert len(call.finished) == 1 and call.finished[0][0] is not None
+
+
+def test_hiding_loop_raises_a_deferred_error_once_and_ends_once() -> None:
+    boom = ValueError("connection dropped")
+    items = [chunk((0, None)), chunk((0, "stop"))]
+    stream, call, _ = hiding(items, fail=boom)
+    got = []
+    with pytest.raises(ValueError) as raised:
+        for item in stream:
+            got.append(item)
+    assert raised.value is boom and got == items
+    assert list(stream) == []
+    assert len(call.finished) == 1
+
+
+def test_hiding_loop_broken_out_of_and_collected_ends_once() -> None:
+    stream, call, state = hiding([chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)])
+    for item in stream:
+        if item.choices[0].finish_reason:
+            break
+    assert not call.finished and state.usage is not None
+    del stream
+    gc.collect()
+    assert len(call.finished) == 1 and call.finished[0][0] is not None
+
+
+async def test_async_hiding_loop_and_anext_hand_out_an_item_read_ahead_once_in_order() -> None:
+    items = [chunk((0, None), (1, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")),
+             chunk(usage=USAGE)]
+    stream, call, state = ahiding(items)
+    async for item in stream:
+        if item.choices[0].finish_reason:
+            break
+    assert item is items[1]
+    assert await stream.__anext__() is items[2]
+    assert [c async for c in stream] == [items[3]]
+    assert state.usage is not None and len(call.finished) == 1
+    stream, call, _ = ahiding(items)
+    assert [await stream.__anext__(), await stream.__anext__()] == items[:2]
+    assert [c async for c in stream] == items[2:4]
+    assert len(call.finished) == 1 and call.finished[0][0] is not None
+
+
+async def test_async_hiding_loop_raises_a_deferred_error_and_an_abandoned_loop_ends_when_collected() -> None:
+    boom = ValueError("connection dropped")
+    items = [chunk((0, None)), chunk((0, "stop"))]
+    stream, call, _ = ahiding(items, fail=boom)
+    got = []
+    with pytest.raises(ValueError) as raised:
+        async for item in stream:
+            got.append(item)
+    assert raised.value is boom and got == items and len(call.finished) == 1
+    stream, call, _ = ahiding([chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)])
+    async for _ in stream:
+        break
+    del stream
+    gc.collect()
+    assert len(call.finished) == 1

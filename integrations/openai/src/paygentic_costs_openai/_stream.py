@@ -10,6 +10,7 @@ The finalize-once machinery (exhaustion, ``close()``, ``with`` exit, errors, gar
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 from openai.types.chat import ChatCompletionChunk
@@ -145,7 +146,8 @@ class _Lookahead:
     """A hiding proxy's own per-stream record, read once per item through its slot (proxy attributes are slow).
 
     ``final`` is the core proxy's record (the shared iterator, ``chunk`` and the once-only ``end``); ``ahead`` is the
-    item (or deferred exception) read past a ``finish_reason`` chunk, handed out on the next ``next()``.
+    item (or deferred exception) read past a ``finish_reason`` chunk, handed out next by whichever path pulls next
+    (a loop's generator or ``next()``).
     """
 
     __slots__ = ("ahead", "final", "state")
@@ -161,7 +163,8 @@ class SyncHidingChatStream(SyncStreamProxy):
 
     OpenAI sends the usage chunk right after the last ``finish_reason`` chunk. Callers often ``break`` on
     ``finish_reason``; so after such a chunk the proxy reads one item ahead. When it is the usage chunk it is recorded
-    and dropped; anything else (another choice's chunk, the end, an error) is handed out on the next ``next()``.
+    and dropped; anything else (another choice's chunk, the end, an error) is handed out next, by the loop when it
+    goes on or by whatever iterates the stream after a ``break``.
 
     ``state`` is a :class:`ChatStreamState`: its hook changes nothing for a chunk without usage once the id is known,
     so the per-item path calls it only for the first chunks and the usage chunk.
@@ -173,8 +176,58 @@ class SyncHidingChatStream(SyncStreamProxy):
         super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
         self._self_hide = _Lookahead(self._self_final, state)
 
+    def __iter__(self) -> Generator[Any, None, None]:
+        # The per-item path of every instrumented chat stream (see SyncStreamProxy.__iter__): one generator resume
+        # per item, the hook called only when it can change something. ``ahead`` lives in the shared record, not in
+        # this frame, so explicit ``next()`` calls and later loops see an item read ahead here, and the reverse.
+        hide = _sync_hide(self)
+        final = hide.final
+        state = hide.state
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = iter(self.__wrapped__)
+        chunk = final.chunk
+        while True:
+            ahead = hide.ahead
+            if ahead is not _NOTHING:
+                hide.ahead = _NOTHING
+                if isinstance(ahead, StopIteration):
+                    return
+                if isinstance(ahead, BaseException):
+                    raise ahead
+                yield ahead
+                continue
+            try:
+                for item in iterator:
+                    if type(item) is ChatCompletionChunk:  # exact type: this loop runs per chunk
+                        try:
+                            usage = item.usage
+                        except AttributeError:
+                            usage = None
+                        if usage is not None or state.request_id is None:
+                            chunk(item)  # the id, model and tier of the first chunk; the usage of the usage chunk
+                        choices = item.choices
+                        if not choices:
+                            if usage is not None:
+                                continue  # ours: the caller did not ask for it
+                        elif choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
+                            hide.ahead = self._read_ahead()
+                    else:
+                        chunk(item)
+                    yield item
+                    if hide.ahead is not _NOTHING:
+                        break  # hand out the item read ahead (here, or by a next() call while suspended) first
+                else:
+                    final.end(None)
+                    return
+            except GeneratorExit:
+                raise  # the caller left the loop: not the end of the stream
+            except BaseException as exc:
+                final.end(exc)
+                raise
+
     def __next__(self) -> Any:
-        # The per-item path of every instrumented chat stream: one frame, the hook inlined for content chunks.
+        # Explicit next(): the same steps as __iter__'s generator, on the same record.
         hide = _sync_hide(self)
         ahead = hide.ahead
         if ahead is not _NOTHING:
@@ -219,7 +272,7 @@ class SyncHidingChatStream(SyncStreamProxy):
             item = SyncStreamProxy.__next__(self)
         except StopIteration:
             return StopIteration()
-        except Exception as exc:  # re-raised unchanged on the caller's next next()
+        except Exception as exc:  # re-raised unchanged when the caller pulls the next item
             return exc
         return _NOTHING if chunk_is_usage_only(item) else item
 
@@ -232,6 +285,54 @@ class AsyncHidingChatStream(AsyncStreamProxy):
     def __init__(self, stream: Any, state: ChatStreamState) -> None:
         super().__init__(stream, on_chunk=state.on_chunk, on_end=state.on_end)
         self._self_hide = _Lookahead(self._self_final, state)
+
+    async def _self_items(self) -> AsyncGenerator[Any, None]:
+        # As in SyncHidingChatStream.__iter__ (AsyncStreamProxy.__aiter__ starts this generator).
+        hide = _async_hide(self)
+        final = hide.final
+        state = hide.state
+        iterator = final.iterator
+        if iterator is None:
+            iterator = final.iterator = self.__wrapped__.__aiter__()
+        chunk = final.chunk
+        while True:
+            ahead = hide.ahead
+            if ahead is not _NOTHING:
+                hide.ahead = _NOTHING
+                if isinstance(ahead, StopAsyncIteration):
+                    return
+                if isinstance(ahead, BaseException):
+                    raise ahead
+                yield ahead
+                continue
+            try:
+                async for item in iterator:
+                    if type(item) is ChatCompletionChunk:
+                        try:
+                            usage = item.usage
+                        except AttributeError:
+                            usage = None
+                        if usage is not None or state.request_id is None:
+                            chunk(item)
+                        choices = item.choices
+                        if not choices:
+                            if usage is not None:
+                                continue  # ours: the caller did not ask for it
+                        elif choices[-1].finish_reason is not None or (len(choices) > 1 and _finishes_a_choice(item)):
+                            hide.ahead = await self._read_ahead()
+                    else:
+                        chunk(item)
+                    yield item
+                    if hide.ahead is not _NOTHING:
+                        break
+                else:
+                    final.end(None)
+                    return
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                final.end(exc)
+                raise
 
     async def __anext__(self) -> Any:
         hide = _async_hide(self)
@@ -278,7 +379,7 @@ class AsyncHidingChatStream(AsyncStreamProxy):
             item = await AsyncStreamProxy.__anext__(self)
         except StopAsyncIteration:
             return StopAsyncIteration()
-        except Exception as exc:  # re-raised unchanged on the caller's next __anext__()
+        except Exception as exc:  # re-raised unchanged when the caller pulls the next item
             return exc
         return _NOTHING if chunk_is_usage_only(item) else item
 
