@@ -9,9 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from paygentic_costs_openai._sse import WATCH_ATTRIBUTE
 
 import paygentic_costs as pc
-from paygentic_costs.instrumentation import SyncStreamProxy
 from paygentic_costs.testing import Capture
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
@@ -177,7 +177,8 @@ async def test_async_abandoned_streams(costs: Capture, async_client: Any) -> Non
 def test_helper_early_exit_finishes_at_exit(costs: Capture, client: Any, chat_helpers: Any) -> None:
     with pc.job("j", customer="cus_1"):
         with chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES) as stream:
-            assert isinstance(stream._raw_stream, SyncStreamProxy)  # the helper field the close patch relies on
+            # The helper field the close patch relies on: the SDK's own stream, watched where it reads events.
+            assert getattr(stream._raw_stream, WATCH_ATTRIBUTE, None) is not None
             for _ in stream:
                 break
         assert pc.stats()["usage_missing"] == 1  # at the with-exit, not at a later collection

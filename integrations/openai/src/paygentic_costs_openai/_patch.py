@@ -32,6 +32,8 @@ from paygentic_costs.instrumentation import (
 )
 
 from ._extract import chat_usage, reported_from_result
+from ._sse import WATCH_ATTRIBUTE
+from ._sse import install as install_watch
 from ._stream import AsyncHidingChatStream, ChatStreamState, ResponsesStreamState, StreamState, SyncHidingChatStream
 
 __all__ = ["patches"]
@@ -62,6 +64,7 @@ def _call_site(operation: str, what: str) -> str:
 
 # Guards are stateless: one per place, built once rather than per call.
 _PREPARE_GUARD = guard("openai.prepare")
+_CLOSE_GUARD = guard("openai.stream.close")
 _FINISH_GUARDS = {operation: guard(f"openai.{operation}.finish") for operation in _OPERATIONS.values()}
 
 
@@ -203,18 +206,22 @@ class _Wrappers:
 
     def _proxy_stream(self, operation: str, call: CallHandle, stream: Any, hide_usage_chunk: bool) -> Any:
         site = _call_site(operation, "stream")
+        is_async = isinstance(stream, AsyncStream)
+        if operation == "chat.completions" and install_watch(stream, call, site, hide=hide_usage_chunk,
+                                                              is_async=is_async):
+            return stream  # the SDK's own stream: watched where it reads events (see _sse), nothing per chunk
         state: StreamState
         if operation == "responses":
             state = ResponsesStreamState(call, site)
         elif operation == "chat.completions":
             state = ChatStreamState(call, site)
             if hide_usage_chunk:
-                # We extended the request; the hiding proxies drop the extra usage-only chunk again.
-                cls = AsyncHidingChatStream if isinstance(stream, AsyncStream) else SyncHidingChatStream
+                # An SDK without the SSE seam: the hiding proxies drop the extra usage-only chunk instead.
+                cls = AsyncHidingChatStream if is_async else SyncHidingChatStream
                 return cls(stream, state)
         else:
             return stream  # no streaming variant of this endpoint exists; leave it untouched
-        proxy_cls = AsyncStreamProxy if isinstance(stream, AsyncStream) else SyncStreamProxy
+        proxy_cls = AsyncStreamProxy if is_async else SyncStreamProxy
         return proxy_cls(stream, on_chunk=state.on_chunk, on_end=state.on_end)
 
     # -- raw responses ----------------------------------------------------------------------------------------------
@@ -282,6 +289,8 @@ class _Wrappers:
                 raw = getattr(instance, "_raw_stream", None)  # the helper's private field; pinned by a test
                 if isinstance(raw, SyncStreamProxy):
                     raw.close()
+                else:
+                    _finish_watched(raw)
 
     async def ahelper_close(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -294,6 +303,34 @@ class _Wrappers:
                 raw = getattr(instance, "_raw_stream", None)
                 if isinstance(raw, AsyncStreamProxy):
                     await raw.close()
+                else:
+                    _finish_watched(raw)
+
+    def stream_close(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``Stream.close`` / ``AsyncStream.close`` (and ``with`` exit): a watched chat stream ends its call now."""
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _finish_watched(instance)
+
+    async def astream_close(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``AsyncStream.close``: async twin of :meth:`stream_close`."""
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            _finish_watched(instance)
+
+
+def _finish_watched(stream: Any) -> None:
+    """End the call of a watched chat stream (a no-op for any other object, or once the call has ended)."""
+    watch = getattr(stream, WATCH_ATTRIBUTE, None) if stream is not None else None
+    if watch is not None:
+        with _CLOSE_GUARD:
+            watch.finish()
 
 
 def _finish_result(operation: str, call: CallHandle, result: Any) -> bool:
@@ -339,6 +376,10 @@ def patches(instrumentor: Instrumentor) -> Iterable[Patch]:
               "with_streaming_response (sync): usage is known only when the caller parses the response"),
         Patch("openai._response", "AsyncAPIResponse.parse", w.aparse,
               "with_streaming_response (async): usage is known only when the caller parses the response"),
+        Patch("openai._streaming", "Stream.close", w.stream_close,
+              "a chat stream closed before its end (or left by `with`) finishes its call at once"),
+        Patch("openai._streaming", "AsyncStream.close", w.astream_close,
+              "async twin of Stream.close"),
         # The helper classes live under openai.lib.streaming since the Responses API shipped (1.66); optional so a
         # future refactor of the helpers degrades to finalization at garbage collection, not an instrument() error.
         Patch("openai.lib.streaming.chat", "ChatCompletionStream.close", w.helper_close,

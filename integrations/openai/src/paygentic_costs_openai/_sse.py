@@ -1,0 +1,257 @@
+"""Chat streams observed where the SDK reads server-sent events, before it builds a model for each chunk.
+
+``Stream.__stream__`` (openai 1.66 to 3.x) pulls its events from ``self._iter_events()`` lazily, on the first
+iteration, so an instance attribute set right after ``request`` returned the stream puts :func:`_watch_sync` (or its
+async twin) between the SSE decoder and the SDK. From there:
+
+* the usage-only chunk that ``stream_options.include_usage`` adds is taken out before the SDK parses it (when we added
+  the option), or read alongside it (when the caller asked for usage) — its JSON is decoded once, by us;
+* the id, model and tier are read from the usage chunk's JSON (they repeat on every chunk; without usage there is
+  no event to key), so the caller's chunks pass through untouched and the caller gets the SDK's own ``Stream``
+  object back (no proxy; per chunk only this generator's resume and a substring search);
+* ``[DONE]``, the end of the body, an error, ``close()`` (the ``Stream.close`` patch) and garbage collection end the
+  call exactly once (``CallHandle`` is finalize-once).
+
+Callers often ``break`` on ``finish_reason``; OpenAI sends the usage chunk right after the last one, so after an event
+that finishes a choice the watcher reads one event ahead: the usage chunk is recorded (and hidden when it is ours);
+anything else is handed to the SDK next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from paygentic_costs.instrumentation import CallHandle, Usage, guard
+
+__all__ = ["WATCH_ATTRIBUTE", "ChatStreamWatch", "chat_usage_from_json", "install"]
+
+WATCH_ATTRIBUTE = "_paygentic_costs_watch"
+_END: Any = object()
+_HIDDEN: Any = object()
+_GUARD = guard("openai.chat.stream")
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def _positive(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
+
+
+def chat_usage_from_json(usage: Mapping[str, Any]) -> Usage | None:
+    """Normalise a chat ``usage`` object as decoded from the stream's JSON (the SDK's ``CompletionUsage`` shape)."""
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    prompt = prompt if isinstance(prompt, Mapping) else {}
+    completion = completion if isinstance(completion, Mapping) else {}
+    return Usage(
+        input_tokens=_count(usage.get("prompt_tokens")),
+        output_tokens=_count(usage.get("completion_tokens")),
+        cache_read_tokens=_positive(prompt.get("cached_tokens")),
+        cache_write_tokens=_positive(prompt.get("cache_write_tokens")),
+        input_audio_tokens=_positive(prompt.get("audio_tokens")),
+        reasoning_tokens=_positive(completion.get("reasoning_tokens")),
+        output_audio_tokens=_positive(completion.get("audio_tokens")),
+    )
+
+
+def _carries_usage(data: str) -> bool:
+    """``"usage"`` with a value (every chunk of a usage stream carries ``"usage": null``); substring tests only."""
+    if '"usage"' not in data or '"usage":null' in data or '"usage": null' in data:
+        return False
+    at = data.find('"usage"')
+    return not data[at + 7:at + 16].lstrip(" :\t\r\n").startswith("null")
+
+
+def _finishes_a_choice(data: str) -> bool:
+    if '"finish_reason"' not in data or '"finish_reason":null' in data or '"finish_reason": null' in data:
+        return False
+    at = data.find('"finish_reason"')
+    return not data[at + 15:at + 24].lstrip(" :\t\r\n").startswith("null")
+
+
+class ChatStreamWatch:
+    """What one chat stream reported, and its call. Finishes the call at most once, whichever path ends it."""
+
+    __slots__ = ("call", "call_site", "hide", "model", "request_id", "service_tier", "usage")
+
+    def __init__(self, call: CallHandle, call_site: str, hide: bool) -> None:
+        self.call = call
+        self.call_site = call_site
+        self.hide = hide  # the usage-only chunk is ours (we added include_usage): the SDK never sees it
+        self.usage: Mapping[str, Any] | None = None
+        self.model: str | None = None
+        self.request_id: str | None = None
+        self.service_tier: str | None = None
+
+    def _keys(self, chunk: Mapping[str, Any]) -> None:
+        request_id, model, tier = chunk.get("id"), chunk.get("model"), chunk.get("service_tier")
+        if isinstance(request_id, str) and request_id:
+            self.request_id = request_id
+        if isinstance(model, str) and model:
+            self.model = model  # the usage chunk repeats it: the served snapshot is what the price must use
+        if isinstance(tier, str) and tier:
+            self.service_tier = tier
+
+    def usage_chunk(self, data: str) -> bool:
+        """Record the usage in ``data``; True when it is the usage-only chunk (``choices == []``).
+
+        That chunk is the last one with data, so the call ends here: a caller that stopped reading (an async loop
+        left with ``break`` is closed only later, by the event loop) is billed now.
+        """
+        usage_only = False
+        with _GUARD:
+            chunk = json.loads(data)
+            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), Mapping):
+                self.usage = chunk["usage"]
+                self._keys(chunk)
+                usage_only = chunk.get("choices") == []
+        if usage_only:
+            self.finish()
+        return usage_only
+
+    def finish(self) -> None:
+        """End the call with the usage seen so far (none: the core counts ``usage_missing`` naming the call site)."""
+        call = self.call
+        if call.done:
+            return
+        with _GUARD:
+            if self.usage is None:
+                call.finish(None, call_site=self.call_site)
+            else:
+                call.finish_from(
+                    chat_usage_from_json,
+                    self.usage,
+                    model=self.model,
+                    request_id=self.request_id or None,
+                    service_tier=self.service_tier,
+                )
+
+    def __del__(self) -> None:
+        # The stream was dropped (never iterated, or abandoned): a generator that never started runs no cleanup.
+        with contextlib.suppress(Exception):  # nothing may escape a finalizer; finish() reports its own errors
+            self.finish()
+
+
+def _take_ahead(watch: ChatStreamWatch, ahead: Any) -> Any:
+    """Record the usage of an event read ahead; ``_HIDDEN`` when it was our usage-only chunk, else the event."""
+    if ahead is _END or isinstance(ahead, BaseException):
+        return ahead
+    data = ahead.data
+    if _carries_usage(data) and watch.usage_chunk(data):
+        return _HIDDEN
+    return ahead
+
+
+def _plain(data: str) -> bool:
+    # A chunk that finishes no choice: the per-chunk test, one substring search for the API's compact JSON. Usage is
+    # read from the chunks that finish a choice, the usage-only chunk (no choices) and [DONE]; a server that also
+    # reports running usage on content chunks (vLLM's continuous usage stats) repeats the total on the last one.
+    return '"finish_reason":null' in data or '"finish_reason": null' in data
+
+
+def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
+    try:
+        for sse in events:
+            data = sse.data
+            if '"finish_reason":null' in data or '"finish_reason": null' in data:  # _plain(), inlined
+                yield sse
+            else:
+                yield from _other_sync(watch, sse, events)
+    except GeneratorExit:
+        watch.finish()  # abandoned: whatever usage already arrived is what the provider billed
+        raise
+    except BaseException:
+        watch.finish()
+        raise
+    watch.finish()  # the body ended without [DONE]
+
+
+def _other_sync(watch: ChatStreamWatch, sse: Any, events: Iterator[Any]) -> Iterator[Any]:
+    """Everything but a plain content chunk: ``[DONE]``, usage, a chunk that finishes a choice."""
+    while True:
+        data = sse.data
+        if data.startswith("[DONE]"):
+            watch.finish()  # the SDK stops reading here
+        elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
+            return  # ours: the caller never sees it
+        elif watch.hide and watch.usage is None and _finishes_a_choice(data):
+            # The caller may stop at this chunk: read one ahead (the usage chunk follows the last one) and record it
+            # before handing this chunk on, since the caller may never come back.
+            try:
+                ahead = _take_ahead(watch, next(events, _END))
+            except Exception as exc:  # raised after this chunk, as the SDK would have raised it then
+                ahead = exc
+            yield sse
+            if isinstance(ahead, BaseException):
+                raise ahead
+            if ahead is _END or ahead is _HIDDEN:
+                return
+            sse = ahead
+            if _plain(sse.data):
+                yield sse
+                return
+            continue
+        yield sse
+        return
+
+
+async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        async for sse in events:
+            data = sse.data
+            if '"finish_reason":null' in data or '"finish_reason": null' in data:
+                yield sse
+                continue
+            while True:  # as _other_sync (an async generator cannot delegate with yield from)
+                data = sse.data
+                if data.startswith("[DONE]"):
+                    watch.finish()
+                elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
+                    break
+                elif watch.hide and watch.usage is None and _finishes_a_choice(data):
+                    try:
+                        ahead = _take_ahead(watch, await events.__anext__())
+                    except StopAsyncIteration:
+                        ahead = _END
+                    except Exception as exc:
+                        ahead = exc
+                    yield sse
+                    if isinstance(ahead, BaseException):
+                        raise ahead
+                    if ahead is _END or ahead is _HIDDEN:
+                        break
+                    sse = ahead
+                    if _plain(sse.data):
+                        yield sse
+                        break
+                    continue
+                yield sse
+                break
+    except GeneratorExit:
+        watch.finish()
+        raise
+    except BaseException:
+        watch.finish()
+        raise
+    watch.finish()
+
+
+def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_async: bool) -> bool:
+    """Put the watcher between ``stream``'s SSE decoder and the SDK; False when this SDK's stream has no such seam."""
+    original = getattr(stream, "_iter_events", None)
+    if original is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
+        return False
+    watch = ChatStreamWatch(call, call_site, hide)
+    if is_async:
+        stream._iter_events = lambda: _watch_async(watch, original())
+    else:
+        stream._iter_events = lambda: _watch_sync(watch, original())
+    setattr(stream, WATCH_ATTRIBUTE, watch)
+    return True

@@ -1,0 +1,122 @@
+"""Chat streams watched at the SSE seam: shapes the recorded fixture does not have (spaced JSON, several choices,
+usage on a content chunk, a body without ``[DONE]``), each against the bare SDK's view of the same bytes."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import openai
+import pytest
+
+import paygentic_costs as pc
+from paygentic_costs.testing import Capture
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+USAGE = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100,
+         "prompt_tokens_details": {"cached_tokens": 0}}
+# gpt-4o-2024-08-06 in the pinned rate file: 1000 x 2.50 + 100 x 10.00 per million tokens.
+AMOUNT = Decimal("0.0035")
+
+
+def _chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None, *, compact: bool) -> bytes:
+    body = {"id": "chatcmpl-sse", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06",
+            "service_tier": "default", "choices": choices, "usage": usage}
+    text = json.dumps(body, separators=(",", ":")) if compact else json.dumps(body)
+    return b"data: " + text.encode() + b"\n\n"
+
+
+def _choice(index: int, content: str | None, finish: str | None = None) -> dict[str, Any]:
+    delta = {"content": content} if content is not None else {}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+# The HTTP library this openai version uses (httpx2 on 3.x, httpx before), as the conftest picks it.
+httpx_mod = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+
+
+def _sdk(body: Callable[[bool], bytes]) -> Any:
+    """A client whose chat streams are ``body(include_usage)``."""
+
+    def handler(request: Any) -> Any:
+        asked = bool((json.loads(request.content).get("stream_options") or {}).get("include_usage"))
+        return httpx_mod.Response(200, headers={"content-type": "text/event-stream"}, content=body(asked))
+
+    http_client = httpx_mod.Client(transport=httpx_mod.MockTransport(handler))
+    return openai.OpenAI(api_key="test", base_url="http://fake.test/v1", max_retries=0, http_client=http_client)
+
+
+def _bare_view(body: Callable[[bool], bytes], **kwargs: Any) -> list[dict[str, Any]]:
+    pc.uninstrument("openai")
+    try:
+        return [c.model_dump() for c in _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES,
+                                                                            stream=True, **kwargs)]
+    finally:
+        pc.instrument("openai")
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_two_choices_break_at_the_last_finish_is_billed_at_once(costs: Capture, compact: bool) -> None:
+    def body(asked: bool) -> bytes:
+        return (_chunk([_choice(0, "a")], None, compact=compact) + _chunk([_choice(1, "b")], None, compact=compact)
+                + _chunk([_choice(0, None, "stop")], None, compact=compact)
+                + _chunk([_choice(1, None, "stop")], None, compact=compact)
+                + (_chunk([], USAGE, compact=compact) if asked else b"") + b"data: [DONE]\n\n")
+
+    expected = _bare_view(body)
+    seen: list[dict[str, Any]] = []
+    finished = 0
+    with pc.customer("cus_1"):
+        stream = _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        for chunk in stream:
+            seen.append(chunk.model_dump())
+            finished += sum(1 for choice in chunk.choices if choice.finish_reason is not None)
+            if finished == 2:
+                break  # neither [DONE] nor a later loop turn: the read-ahead saw the usage chunk
+        assert [e.amount for e in costs.events] == [AMOUNT]
+    assert seen == expected
+    assert pc.stats()["usage_missing"] == 0
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_usage_on_a_content_chunk_passes_through_and_is_billed(costs: Capture, compact: bool) -> None:
+    # Some OpenAI-compatible servers put usage on the final content chunk (choices not empty) and send no [DONE].
+    def body(asked: bool) -> bytes:
+        return (_chunk([_choice(0, "a")], None, compact=compact)
+                + _chunk([_choice(0, "b", "stop")], USAGE, compact=compact))
+
+    expected = _bare_view(body)
+    with pc.customer("cus_1"):
+        chunks = [c.model_dump() for c in _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES,
+                                                                              stream=True)]
+    assert chunks == expected and chunks[-1]["usage"]["prompt_tokens"] == 1000
+    assert [e.amount for e in costs.events] == [AMOUNT]
+
+
+def test_caller_asked_usage_sees_it_and_it_is_billed_once(costs: Capture) -> None:
+    def body(asked: bool) -> bytes:
+        return (_chunk([_choice(0, "a", "stop")], None, compact=False)
+                + (_chunk([], USAGE, compact=False) if asked else b"") + b"data: [DONE]\n\n")
+
+    options = {"stream_options": {"include_usage": True}}
+    expected = _bare_view(body, **options)
+    with pc.customer("cus_1"):
+        chunks = [c.model_dump() for c in _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES,
+                                                                              stream=True, **options)]
+    assert chunks == expected and chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 100
+    assert [e.amount for e in costs.events] == [AMOUNT]
+
+
+def test_a_stream_never_iterated_counts_usage_missing_when_collected(costs: Capture) -> None:
+    def body(asked: bool) -> bytes:
+        return _chunk([_choice(0, "a", "stop")], None, compact=True) + b"data: [DONE]\n\n"
+
+    with pc.customer("cus_1"):
+        stream = _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        del stream
+        gc.collect()
+    assert costs.events == [] and pc.stats()["usage_missing"] == 1
