@@ -289,6 +289,21 @@ def exit_call(token: object) -> None:
     ACTIVE_CALL.reset(token)  # type: ignore[arg-type]
 
 
+def attribution_for_new_call() -> Attribution | None:
+    """The attribution a new provider call opened here is billed to; None when it must not be recorded.
+
+    None: instrumentation is suppressed (ours or OpenTelemetry's), or a provider call is already active (an outer
+    layer records it). One read of the OTel context for both questions: this runs on every instrumented call.
+    """
+    if _suppressed.get() or ACTIVE_CALL.get() is not None:
+        return None
+    context = otel_context.get_current()
+    if context.get(_OTEL_SUPPRESS_KEY):  # type: ignore[call-overload]
+        return None
+    value = context.get(_KEY)
+    return value if isinstance(value, Attribution) else _NOBODY
+
+
 def is_suppressed() -> bool:
     """True inside :func:`suppressed` (and inside OpenTelemetry's own suppression, e.g. its exporters)."""
     return _suppressed.get() or bool(otel_context.get_value(_OTEL_SUPPRESS_KEY))  # type: ignore[arg-type]

@@ -463,10 +463,20 @@ class Recorder:
 
     # -- integrations -----------------------------------------------------------------------------------------------
 
-    def start_call(self, *, provider: str, operation: str, event_type: str, model: str | None = None) -> CallHandle:
-        """Open a provider call; the attribution is captured now, so a stream finished elsewhere is still billed to
-        the customer who started it."""
-        return CallHandle(self, provider, operation, event_type, model, _context.current())
+    def start_call(
+        self,
+        *,
+        provider: str,
+        operation: str,
+        event_type: str,
+        model: str | None = None,
+        attribution: Attribution | None = None,
+    ) -> CallHandle:
+        """Open a provider call; the attribution is captured now (or passed in, already read), so a stream finished
+        elsewhere is still billed to the customer who started it."""
+        return CallHandle(
+            self, provider, operation, event_type, model, _context.current() if attribution is None else attribution
+        )
 
     def missing_usage(self, call: CallHandle, call_site: str | None) -> None:
         self._count("usage_missing")

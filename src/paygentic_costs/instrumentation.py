@@ -36,7 +36,7 @@ import wrapt
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from ._context import active_call, is_suppressed, suppressed
+from ._context import attribution_for_new_call, is_suppressed, suppressed
 from ._errors import IntegrationUnavailable
 from ._guard import guard, internal_logger, report_internal_error
 from ._recorder import CallHandle, check_event_type
@@ -233,12 +233,16 @@ class Instrumentor(ABC):
         None means: the integration is disabled, instrumentation is suppressed (our own export traffic), or an outer
         layer is already recording this call (one event per operation, never two).
         """
-        if not self.enabled or is_suppressed() or active_call() is not None:
+        if not self.enabled:
             return None
         try:
+            attribution = attribution_for_new_call()
+            if attribution is None:
+                return None
             runtime = _runtime_module or _load_runtime_module()
             call: CallHandle = runtime.get_runtime().recorder.start_call(
-                provider=self.provider, operation=operation, event_type=self.event_type, model=model
+                provider=self.provider, operation=operation, event_type=self.event_type, model=model,
+                attribution=attribution,
             )
             return call
         except Exception as exc:
