@@ -52,12 +52,22 @@ _OWN_MODULES = ("openai.", "paygentic_costs.", "paygentic_costs_openai.", "wrapt
 _OWN_EXACT = frozenset({"openai", "paygentic_costs", "paygentic_costs_openai", "wrapt", "contextlib", "functools"})
 
 
+# code object -> True when it belongs to the SDK or to us; bounded by the code that ever calls the SDK.
+_OWN_CODE: dict[Any, bool] = {}
+
+
 def _call_site(operation: str, what: str) -> str:
     frame = sys._getframe(1)
     while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module not in _OWN_EXACT and not module.startswith(_OWN_MODULES):
-            return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
+        code = frame.f_code
+        own = _OWN_CODE.get(code)
+        if own is None:
+            module = frame.f_globals.get("__name__", "")
+            own = module in _OWN_EXACT or module.startswith(_OWN_MODULES)
+            if len(_OWN_CODE) < 10_000:
+                _OWN_CODE[code] = own
+        if not own:
+            return f"openai {operation} {what} at {code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return f"openai {operation} {what}"
 
