@@ -204,9 +204,12 @@ class _Wrappers:
     def _after(self, prepared: _Prepared, call: CallHandle, result: Any) -> Any:
         out = result
         with _FINISH_GUARDS[prepared.operation]:
-            if isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
+            kind = _KINDS.get(type(result)) or _kind(result)
+            if kind is _CHAT and prepared.operation == "chat.completions":
+                _finish_chat(call, result)
+            elif kind is _RAW:
                 self._hold_raw(prepared, call, result)
-            elif isinstance(result, (Stream, AsyncStream)):
+            elif kind is _STREAM:
                 out = self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
             else:
                 _finish_result(prepared.operation, call, result)
@@ -343,21 +346,48 @@ def _finish_watched(stream: Any) -> None:
             watch.finish()
 
 
+# What a result is, by its class: isinstance against the SDK's pydantic models goes through ABCMeta (slow), and the
+# answer never changes for a class. Bounded: only the SDK's own classes are remembered.
+_CHAT, _RAW, _STREAM, _OTHER = "chat", "raw", "stream", "other"
+_KINDS: dict[type, str] = {}
+
+
+def _kind(result: Any) -> str:
+    if isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
+        kind = _RAW
+    elif isinstance(result, (Stream, AsyncStream)):
+        kind = _STREAM
+    elif isinstance(result, ChatCompletion):
+        kind = _CHAT
+    else:
+        kind = _OTHER
+    cls = type(result)
+    if cls.__module__.startswith("openai.") and len(_KINDS) < 1000:
+        _KINDS[cls] = kind
+    return kind
+
+
+def _finish_chat(call: CallHandle, result: Any) -> None:
+    """The common case: only the three keys are read here; the usage object is normalised off this thread."""
+    usage = result.usage
+    if usage is None:
+        call.finish(None, call_site=_call_site("chat.completions", "call"))
+        return
+    model, request_id, tier = result.model, result.id, result.service_tier
+    call.finish_from(
+        chat_usage,
+        usage,
+        model=model if type(model) is str and model else None,
+        request_id=request_id if type(request_id) is str and request_id else None,
+        service_tier=tier if type(tier) is str and tier else None,
+    )
+
+
 def _finish_result(operation: str, call: CallHandle, result: Any) -> bool:
     """Finish ``call`` from a parsed result; False when the result is not this operation's type."""
     if operation == "chat.completions" and isinstance(result, ChatCompletion):
-        # The common case: only the three keys are read here; the usage object is normalised off this thread.
-        usage = result.usage
-        if usage is not None:
-            model, request_id, tier = result.model, result.id, result.service_tier
-            call.finish_from(
-                chat_usage,
-                usage,
-                model=model if type(model) is str and model else None,
-                request_id=request_id if type(request_id) is str and request_id else None,
-                service_tier=tier if type(tier) is str and tier else None,
-            )
-            return True
+        _finish_chat(call, result)
+        return True
     reported = reported_from_result(operation, result)
     if reported is None:
         return False
