@@ -7,17 +7,20 @@ parent deferred.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 import paygentic_costs as pc
 from paygentic_costs import UnattributedCostError
+from paygentic_costs._runtime import get_runtime
 from paygentic_costs.export import InMemoryExporter
 from paygentic_costs.instrumentation import Instrumentor, Patch, Usage
 from paygentic_costs.testing import capture, internal_errors
@@ -218,3 +221,19 @@ def test_a_failing_reader_is_an_internal_error_not_the_callers(direct: Direct) -
         assert pc.flush(5)
     assert [type(error) for error in errors] == [KeyError]
     assert pc.stats()["recorded"] == 0
+
+
+def test_with_durability_sync_a_finished_call_is_on_disk_when_finish_returns(direct: Direct, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    pc.configure(exporter=InMemoryExporter(), rates=RATES, spool_dir=spool, durability="sync")
+    get_runtime().pipeline.pause()  # what flush_after does: nothing is sent (nor deleted) while the file is read
+    with pc.customer("cus_1"):
+        _finish(direct, 10, "r1")
+        rows = 0
+        for path in spool.rglob("spool-*.db"):  # read before any flush(), stats() or linger could price the call
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows += conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            finally:
+                conn.close()
+    assert rows == 1
