@@ -13,6 +13,7 @@ import pytest
 from openai._base_client import AsyncAPIClient, SyncAPIClient
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import APIResponse, AsyncAPIResponse
+from openai._streaming import AsyncStream, Stream
 from openai.lib.streaming.chat import AsyncChatCompletionStream, ChatCompletionStream
 from openai.lib.streaming.responses import AsyncResponseStream, ResponseStream
 
@@ -23,10 +24,12 @@ from paygentic_costs.testing import Capture
 MESSAGES = [{"role": "user", "content": "Hi"}]
 CHAT_AMOUNT = Decimal("0.0016025")
 TARGETS = [
-    (SyncAPIClient, "request"), (AsyncAPIClient, "request"), (LegacyAPIResponse, "parse"), (APIResponse, "parse"),
-    (AsyncAPIResponse, "parse"), (ChatCompletionStream, "close"), (AsyncChatCompletionStream, "close"),
-    (ResponseStream, "close"), (AsyncResponseStream, "close"),
+    (SyncAPIClient, "request"), (AsyncAPIClient, "request"), (Stream, "close"), (AsyncStream, "close"),
+    (ChatCompletionStream, "close"), (AsyncChatCompletionStream, "close"), (ResponseStream, "close"),
+    (AsyncResponseStream, "close"),
 ]
+# Raw responses get a parse() hook of their own (an instance attribute); the classes stay untouched.
+UNTOUCHED = [(LegacyAPIResponse, "parse"), (APIResponse, "parse"), (AsyncAPIResponse, "parse")]
 
 
 
@@ -46,6 +49,7 @@ def test_uninstrument_restores_the_original_functions(tmp_path: Any) -> None:
     pc.instrument("openai")
     patched = _originals()
     assert all(p is not b for p, b in zip(patched, before, strict=True))
+    assert all(not hasattr(owner.__dict__[name], "__wrapped__") for owner, name in UNTOUCHED)
     pc.uninstrument("openai")
     assert all(a is b for a, b in zip(_originals(), before, strict=True))
     pc.instrument("openai")  # and it can be applied again

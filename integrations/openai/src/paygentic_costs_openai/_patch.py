@@ -1,4 +1,8 @@
-"""The patches: one request chokepoint (sync + async), raw-response ``parse()``, and helper-stream ``close()``.
+"""The patches: one request chokepoint (sync + async), ``Stream.close`` and the stream helpers' ``close()``.
+
+Raw responses (``with_raw_response`` / ``with_streaming_response``) get a ``parse()`` hook on the instance, so the
+``parse()`` the SDK runs inside every normal call stays the SDK's own. Chat streams are watched where the SDK reads
+server-sent events (``_sse``); Responses streams go through the core's stream proxy.
 
 Why the chokepoint: every OpenAI resource method — ``create``, the ``.parse()`` helpers (which bypass ``create`` and
 call ``_post`` directly), the ``.stream()`` helpers, ``with_raw_response`` and ``with_streaming_response`` — ends in
@@ -12,7 +16,10 @@ one SDK call is one wrapper invocation is one event. Verified on openai 1.66.0 a
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import sys
+import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -75,6 +82,7 @@ def _call_site(operation: str, what: str) -> str:
 # Guards are stateless: one per place, built once rather than per call.
 _PREPARE_GUARD = guard("openai.prepare")
 _CLOSE_GUARD = guard("openai.stream.close")
+_PARSE_GUARD = guard("openai.raw_response.parse")
 _FINISH_GUARDS = {operation: guard(f"openai.{operation}.finish") for operation in _OPERATIONS.values()}
 
 
@@ -247,6 +255,34 @@ class _Wrappers:
         finalizer = weakref.finalize(response, _missing, call, site)
         finalizer.atexit = False  # at interpreter exit the runtime may be gone; a warning then would only be noise
         self._pending[response] = _Pending(call, prepared.operation, site, finalizer)
+        self._watch_parse(response)
+
+    def _watch_parse(self, response: Any) -> None:
+        """Hook this response's ``parse()`` only, as an instance attribute (a method bound to it).
+
+        Normal calls are parsed by the SDK inside ``request()``; a class-level patch would sit on every one of them.
+        The bound method keeps ``response.parse()`` on a temporary working; an unparsed response is then collected
+        by the cyclic collector, and its finalizer counts it then.
+        """
+        unbound = type(response).parse
+        parse: Callable[..., Any]
+        if inspect.iscoroutinefunction(unbound):
+
+            async def parse(target: Any, *args: Any, **kwargs: Any) -> Any:
+                return self._after_parse(target, await unbound(target, *args, **kwargs))
+        else:
+
+            def parse(target: Any, *args: Any, **kwargs: Any) -> Any:
+                return self._after_parse(target, unbound(target, *args, **kwargs))
+
+        functools.update_wrapper(parse, unbound)
+        response.parse = types.MethodType(parse, response)
+
+    def _after_parse(self, instance: Any, parsed: Any) -> Any:
+        out = parsed
+        with _PARSE_GUARD:
+            out = self._parsed(instance, parsed)
+        return out
 
     def _parsed(self, instance: Any, parsed: Any) -> Any:
         pending = self._pending.get(instance)
@@ -262,28 +298,6 @@ class _Wrappers:
             pending.finalizer.detach()
             del self._pending[instance]
         return parsed  # parse(to=...) into another type keeps waiting for a parse that yields the usage
-
-    def parse(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``APIResponse.parse`` / ``LegacyAPIResponse.parse``: finishes a held raw-response call."""
-        parsed = wrapped(*args, **kwargs)
-        if not self._pending:  # the SDK parses every normal response through here: stay a dict check
-            return parsed
-        out = parsed
-        with guard("openai.raw_response.parse"):
-            out = self._parsed(instance, parsed)
-        return out
-
-    async def aparse(
-        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """``AsyncAPIResponse.parse``: the async twin of :meth:`parse`."""
-        parsed = await wrapped(*args, **kwargs)
-        if not self._pending:
-            return parsed
-        out = parsed
-        with guard("openai.raw_response.parse"):
-            out = self._parsed(instance, parsed)
-        return out
 
     # -- stream helpers ---------------------------------------------------------------------------------------------
 
@@ -410,12 +424,6 @@ def patches(instrumentor: Instrumentor) -> Iterable[Patch]:
               "opens one cost.ai.inference call per billable request (chat, responses, embeddings; every variant)"),
         Patch("openai._base_client", "AsyncAPIClient.request", w.arequest,
               "async twin of SyncAPIClient.request"),
-        Patch("openai._legacy_response", "LegacyAPIResponse.parse", w.parse,
-              "with_raw_response: usage is known only when the caller parses the raw response"),
-        Patch("openai._response", "APIResponse.parse", w.parse,
-              "with_streaming_response (sync): usage is known only when the caller parses the response"),
-        Patch("openai._response", "AsyncAPIResponse.parse", w.aparse,
-              "with_streaming_response (async): usage is known only when the caller parses the response"),
         Patch("openai._streaming", "Stream.close", w.stream_close,
               "a chat stream closed before its end (or left by `with`) finishes its call at once"),
         Patch("openai._streaming", "AsyncStream.close", w.astream_close,
