@@ -101,11 +101,20 @@ def _store(pipeline: DeliveryPipeline) -> SpoolStore:
 
 def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not _holds(predicate):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
     return True
+
+
+def _holds(predicate: Callable[[], bool]) -> bool:
+    # A read-only look at a spool file while its writer adopts or removes files can fail for that instant ("disk
+    # I/O error" on a WAL being unlinked): that reading is "not yet", and the next poll reads the settled files.
+    try:
+        return predicate()
+    except sqlite3.OperationalError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- basics
