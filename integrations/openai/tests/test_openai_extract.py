@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from openai.types import CompletionUsage, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseUsage
 from paygentic_costs_openai._extract import (
     chat_usage,
-    chunk_is_usage_only,
     embeddings_usage,
     reported_from_result,
     responses_usage,
 )
+from paygentic_costs_openai._sse import ChatStreamWatch, _carries_usage, chat_usage_from_json
 
 from paygentic_costs.instrumentation import Usage
 
@@ -87,9 +88,13 @@ def test_a_result_of_another_type_is_not_read() -> None:
 
 
 def test_only_the_usage_chunk_is_usage_only() -> None:
-    lines = [json.loads(line[6:]) for line in (FIXTURES / "openai_chat_stream.sse").read_text().splitlines()
-             if line.startswith("data: {")]
-    chunks = [ChatCompletionChunk.model_validate(line) for line in lines]
-    assert [chunk_is_usage_only(c) for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert chat_usage(chunks[-1].usage) == Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
-    assert not chunk_is_usage_only({"choices": [], "usage": {}})
+    # The SSE watcher's reading of the recorded stream: only the last data line is the usage-only chunk, and its
+    # JSON reader agrees with the reader of the SDK's parsed model.
+    data = [line[6:] for line in (FIXTURES / "openai_chat_stream.sse").read_text().splitlines()
+            if line.startswith("data: {")]
+    watch = ChatStreamWatch(SimpleNamespace(done=True), "site", hide=True)  # type: ignore[arg-type]  # reading only
+    assert [_carries_usage(d) and watch.usage_chunk(d) for d in data] == [False] * (len(data) - 1) + [True]
+    expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
+    assert chat_usage_from_json(json.loads(data[-1])["usage"]) == expected
+    assert chat_usage(ChatCompletionChunk.model_validate(json.loads(data[-1])).usage) == expected
+    assert not watch.usage_chunk('{"choices": [], "usage": null}')

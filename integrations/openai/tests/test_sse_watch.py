@@ -120,3 +120,24 @@ def test_a_stream_never_iterated_counts_usage_missing_when_collected(costs: Capt
         del stream
         gc.collect()
     assert costs.events == [] and pc.stats()["usage_missing"] == 1
+
+
+def test_an_error_right_after_the_finish_chunk_comes_after_that_chunk(costs: Capture) -> None:
+    # The watcher reads one event ahead after a finish chunk; a transport error there is raised on the caller's next
+    # pull, after the finish chunk, as without instrumentation. No usage arrived: nothing is invented.
+    def handler(request: Any) -> Any:
+        def body() -> Any:
+            yield _chunk([_choice(0, "a")], None, compact=True)
+            yield _chunk([_choice(0, None, "stop")], None, compact=True)
+            raise httpx_mod.ReadError("connection reset")
+
+        return httpx_mod.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    sdk = openai.OpenAI(api_key="test", base_url="http://fake.test/v1", max_retries=0,
+                        http_client=httpx_mod.Client(transport=httpx_mod.MockTransport(handler)))
+    finishes: list[str | None] = []
+    with pc.customer("cus_1"), pytest.raises(openai.APIConnectionError):
+        for chunk in sdk.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
+            finishes.append(chunk.choices[0].finish_reason)
+    assert finishes == [None, "stop"]
+    assert costs.events == [] and pc.stats()["usage_missing"] == 1

@@ -1,8 +1,8 @@
-"""The stream proxies driven directly: what the caller sees, what the state records, when the call finishes.
+"""The core stream proxies and the Responses stream state driven directly: what the caller sees, what the state
+records, when the call finishes.
 
-The SDK-level tests (test_openai_streams.py) cover the real wire format; these pin the edge cases of the per-chunk
-path that a fixture rarely produces: several choices, usage on a content chunk, an error right after the finish chunk,
-a first chunk without an id, items of other types, a hook that fails.
+The SDK-level tests (test_openai_streams.py, test_sse_watch.py) cover the real wire format; these pin edge cases a
+fixture rarely produces: loops mixed with ``next()``, errors, a hook that fails, terminal events of every shape.
 """
 
 from __future__ import annotations
@@ -15,39 +15,9 @@ import pytest
 
 pytest.importorskip("openai")
 
-from openai.types.chat import ChatCompletionChunk
-from paygentic_costs_openai._stream import (
-    AsyncHidingChatStream,
-    ChatStreamState,
-    SyncHidingChatStream,
-)
 
 from paygentic_costs import testing
 from paygentic_costs.instrumentation import AsyncStreamProxy, SyncStreamProxy
-
-USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-
-
-def chunk(
-    *choices: tuple[int, str | None],
-    usage: dict[str, int] | None = None,
-    id: str = "chatcmpl-1",
-    model: str = "gpt-4o-2024-08-06",
-    tier: str | None = "default",
-    cls: type[ChatCompletionChunk] = ChatCompletionChunk,
-) -> ChatCompletionChunk:
-    """A chunk with one choice per ``(index, finish_reason)``; none at all for the usage-only chunk."""
-    return cls.model_validate(
-        {
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "service_tier": tier,
-            "choices": [{"index": i, "delta": {"content": "x"}, "finish_reason": finish} for i, finish in choices],
-            "usage": usage,
-        }
-    )
 
 
 class FakeCall:
@@ -96,167 +66,6 @@ class ASource(Source):
         self.closed = True
 
 
-def hiding(items: list[Any], fail: BaseException | None = None) -> tuple[Any, FakeCall, ChatStreamState]:
-    call = FakeCall()
-    state = ChatStreamState(call, "test site")  # type: ignore[arg-type]
-    return SyncHidingChatStream(Source(items, fail), state), call, state
-
-
-def ahiding(items: list[Any], fail: BaseException | None = None) -> tuple[Any, FakeCall, ChatStreamState]:
-    call = FakeCall()
-    state = ChatStreamState(call, "test site")  # type: ignore[arg-type]
-    return AsyncHidingChatStream(ASource(items, fail), state), call, state
-
-
-def test_only_the_usage_only_chunk_is_hidden_and_it_is_recorded() -> None:
-    items = [chunk((0, None)), chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE, model="gpt-4o-x", tier="flex")]
-    stream, call, _ = hiding(items)
-    assert list(stream) == items[:3]
-    assert len(call.finished) == 1
-    usage, kwargs = call.finished[0]
-    assert (usage.input_tokens, usage.output_tokens) == (10, 5)
-    # The usage chunk's model and tier are the ones priced; the id comes from the first chunk.
-    assert kwargs == {"model": "gpt-4o-x", "request_id": "chatcmpl-1", "service_tier": "flex", "call_site": "test site"}
-
-
-async def test_async_only_the_usage_only_chunk_is_hidden_and_it_is_recorded() -> None:
-    items = [chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)]
-    stream, call, _ = ahiding(items)
-    assert [c async for c in stream] == items[:2]
-    assert len(call.finished) == 1 and call.finished[0][0] is not None
-
-
-def test_break_on_finish_reason_already_recorded_the_usage() -> None:
-    items = [chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)]
-    stream, call, state = hiding(items)
-    for item in stream:
-        if item.choices[0].finish_reason:
-            break
-    assert state.usage is not None and not call.finished  # read ahead, not finished yet
-    with pytest.raises(StopIteration):
-        next(stream)
-    with pytest.raises(StopIteration):
-        next(stream)
-    stream.close()
-    assert len(call.finished) == 1
-
-
-async def test_async_break_on_finish_reason_already_recorded_the_usage() -> None:
-    items = [chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)]
-    stream, call, state = ahiding(items)
-    async for item in stream:
-        if item.choices[0].finish_reason:
-            break
-    assert state.usage is not None and not call.finished
-    with pytest.raises(StopAsyncIteration):
-        await stream.__anext__()
-    await stream.close()
-    assert len(call.finished) == 1
-
-
-def test_an_item_read_ahead_is_handed_out_next_in_order() -> None:
-    # Choice 0 finishes while choice 1 goes on: the proxy reads ahead, finds a content chunk, and hands it out next.
-    items = [chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")), chunk(usage=USAGE)]
-    stream, call, _ = hiding(items)
-    assert list(stream) == items[:3]
-    assert len(call.finished) == 1
-
-
-def test_an_error_after_the_finish_chunk_is_raised_on_the_next_next() -> None:
-    boom = ValueError("connection dropped")
-    items = [chunk((0, None)), chunk((0, "stop"))]
-    stream, call, _ = hiding(items, fail=boom)
-    seen = [next(stream), next(stream)]
-    assert seen == items
-    assert len(call.finished) == 1  # ended by the read-ahead, with no usage to report
-    with pytest.raises(ValueError) as raised:
-        next(stream)
-    assert raised.value is boom
-    with pytest.raises(StopIteration):
-        next(stream)
-    assert len(call.finished) == 1
-
-
-async def test_async_an_error_after_the_finish_chunk_is_raised_on_the_next_next() -> None:
-    boom = ValueError("connection dropped")
-    items = [chunk((0, None)), chunk((0, "stop"))]
-    stream, call, _ = ahiding(items, fail=boom)
-    assert [await stream.__anext__(), await stream.__anext__()] == items
-    with pytest.raises(ValueError) as raised:
-        await stream.__anext__()
-    assert raised.value is boom
-    assert len(call.finished) == 1
-
-
-def test_an_error_mid_stream_propagates_and_ends_once() -> None:
-    boom = ValueError("bad event")
-    stream, call, _ = hiding([chunk((0, None))], fail=boom)
-    assert next(stream) is not None
-    with pytest.raises(ValueError) as raised:
-        next(stream)
-    assert raised.value is boom
-    stream.close()
-    assert len(call.finished) == 1 and call.finished[0][0] is None
-
-
-def test_id_model_and_tier_come_from_the_first_chunk_that_has_an_id() -> None:
-    items = [
-        chunk((0, None), id="", model="m-first", tier=None),
-        chunk((0, None), id="chatcmpl-2", model="m-second"),
-        chunk((0, None), id="chatcmpl-3", model="m-third", tier="flex"),
-        chunk((0, "stop")),
-    ]
-    stream, call, state = hiding(items)
-    assert list(stream) == items
-    assert (state.request_id, state.model, state.service_tier) == ("chatcmpl-2", "m-second", "default")
-    assert call.finished[0][0] is None  # no usage arrived: nothing is invented
-
-
-def test_usage_on_a_content_chunk_is_recorded_and_the_chunk_shown() -> None:
-    items = [chunk((0, None)), chunk((0, "stop"), usage=USAGE)]
-    stream, call, _ = hiding(items)
-    assert list(stream) == items
-    assert call.finished[0][0] is not None
-
-
-def test_an_empty_chunk_without_usage_is_shown() -> None:
-    items = [chunk((0, None)), chunk(), chunk((0, "stop"))]
-    stream, _, _ = hiding(items)
-    assert list(stream) == items
-
-
-def test_items_of_other_types_pass_through_the_hook() -> None:
-    class Sub(ChatCompletionChunk):
-        pass
-
-    other = {"not": "a chunk"}
-    sub_usage = chunk(usage=USAGE, cls=Sub)  # not the exact type: shown (only our own usage chunk is hidden)...
-    items = [other, chunk((0, None)), sub_usage, chunk((0, "stop"))]
-    stream, call, _ = hiding(items)
-    assert list(stream) == items
-    assert call.finished[0][0] is not None  # ...and still recorded, as the state reads any ChatCompletionChunk
-
-
-@pytest.mark.allow_internal_errors
-def test_a_failing_hook_is_reported_and_the_stream_goes_on() -> None:
-    class Unreadable:
-        def __bool__(self) -> bool:
-            raise RuntimeError("hook bug")
-
-    # A usage-only chunk whose id cannot be read: the hook fails on it, reports, and the stream goes on.
-    no_id = ChatCompletionChunk.model_construct(
-        id=Unreadable(), object="chat.completion.chunk", created=1, choices=[], usage=USAGE
-    )
-    items = [no_id, chunk((0, None)), chunk((0, "stop"))]
-    stream, call, state = hiding(items)
-    with testing.internal_errors() as errors:
-        seen = list(stream)
-    assert [type(e) for e in errors] == [RuntimeError]
-    assert seen == items[1:]  # still a usage-only chunk: ours to hide
-    assert state.request_id == "chatcmpl-1" and state.usage is None
-    assert len(call.finished) == 1
-
-
 def test_core_proxy_iterates_lazily_and_ends_once() -> None:
     source = Source([1, 2, 3])
     ends: list[BaseException | None] = []
@@ -279,8 +88,6 @@ def test_core_proxy_stays_transparent() -> None:
     assert proxy.label == "source"
     proxy.label = "changed"
     assert source.label == "changed"
-    stream, _, _ = hiding([])
-    assert isinstance(stream, Source) and stream.label == "source"
 
 
 async def test_async_core_proxy_ends_once_on_error() -> None:
@@ -292,14 +99,6 @@ async def test_async_core_proxy_ends_once_on_error() -> None:
         await proxy.__anext__()
     await proxy.close()
     assert ends == [boom]
-
-
-def test_an_abandoned_hiding_stream_ends_once_when_collected() -> None:
-    stream, call, _ = hiding([chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)])
-    next(stream)
-    del stream
-    gc.collect()
-    assert len(call.finished) == 1 and call.finished[0][0] is None
 
 
 def test_responses_state_reads_terminal_events_of_any_shape() -> None:
@@ -520,88 +319,3 @@ async def test_async_for_reports_a_failing_hook_and_goes_on() -> None:
     assert [type(e) for e in errors] == [RuntimeError, RuntimeError] and ends == [None]
 
 
-def test_hiding_loop_and_next_hand_out_an_item_read_ahead_once_in_order() -> None:
-    # Choice 0 finishes while choice 1 goes on: the loop reads ahead; a next() after the break gets that item.
-    items = [chunk((0, None), (1, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")),
-             chunk(usage=USAGE)]
-    stream, call, state = hiding(items)
-    for item in stream:
-        if item.choices[0].finish_reason:
-            break
-    assert item is items[1]
-    assert next(stream) is items[2]
-    assert list(stream) == [items[3]]
-    assert state.usage is not None and len(call.finished) == 1
-    # The reverse: a next() reads ahead, the next loop hands the item out first.
-    stream, call, _ = hiding(items)
-    assert [next(stream), next(stream)] == items[:2]
-    assert list(stream) == items[2:4]
-    assert len(call.finished) == 1 and call.finished[0][0] is not None
-
-
-def test_hiding_next_while_the_loop_is_suspended_keeps_the_order() -> None:
-    items = [chunk((0, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")), chunk(usage=USAGE)]
-    stream, call, _ = hiding(items)
-    loop = iter(stream)
-    assert next(loop) is items[0]
-    assert next(stream) is items[1]  # reads items[2] ahead, into the shared record
-    assert list(loop) == items[2:4]  # the suspended loop hands it out first
-    assert len(call.finished) == 1 and call.finished[0][0] is not None
-
-
-def test_hiding_loop_raises_a_deferred_error_once_and_ends_once() -> None:
-    boom = ValueError("connection dropped")
-    items = [chunk((0, None)), chunk((0, "stop"))]
-    stream, call, _ = hiding(items, fail=boom)
-    got = []
-    with pytest.raises(ValueError) as raised:
-        for item in stream:
-            got.append(item)
-    assert raised.value is boom and got == items
-    assert list(stream) == []
-    assert len(call.finished) == 1
-
-
-def test_hiding_loop_broken_out_of_and_collected_ends_once() -> None:
-    stream, call, state = hiding([chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)])
-    for item in stream:
-        if item.choices[0].finish_reason:
-            break
-    assert not call.finished and state.usage is not None
-    del stream
-    gc.collect()
-    assert len(call.finished) == 1 and call.finished[0][0] is not None
-
-
-async def test_async_hiding_loop_and_anext_hand_out_an_item_read_ahead_once_in_order() -> None:
-    items = [chunk((0, None), (1, None)), chunk((0, "stop"), (1, None)), chunk((1, None)), chunk((1, "stop")),
-             chunk(usage=USAGE)]
-    stream, call, state = ahiding(items)
-    async for item in stream:
-        if item.choices[0].finish_reason:
-            break
-    assert item is items[1]
-    assert await stream.__anext__() is items[2]
-    assert [c async for c in stream] == [items[3]]
-    assert state.usage is not None and len(call.finished) == 1
-    stream, call, _ = ahiding(items)
-    assert [await stream.__anext__(), await stream.__anext__()] == items[:2]
-    assert [c async for c in stream] == items[2:4]
-    assert len(call.finished) == 1 and call.finished[0][0] is not None
-
-
-async def test_async_hiding_loop_raises_a_deferred_error_and_an_abandoned_loop_ends_when_collected() -> None:
-    boom = ValueError("connection dropped")
-    items = [chunk((0, None)), chunk((0, "stop"))]
-    stream, call, _ = ahiding(items, fail=boom)
-    got = []
-    with pytest.raises(ValueError) as raised:
-        async for item in stream:
-            got.append(item)
-    assert raised.value is boom and got == items and len(call.finished) == 1
-    stream, call, _ = ahiding([chunk((0, None)), chunk((0, "stop")), chunk(usage=USAGE)])
-    async for _ in stream:
-        break
-    del stream
-    gc.collect()
-    assert len(call.finished) == 1

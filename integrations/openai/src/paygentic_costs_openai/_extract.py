@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from openai.types import CompletionUsage, CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseUsage
 
 from paygentic_costs.instrumentation import Usage
@@ -20,7 +20,6 @@ from paygentic_costs.instrumentation import Usage
 __all__ = [
     "Reported",
     "chat_usage",
-    "chunk_is_usage_only",
     "detail",
     "embeddings_usage",
     "reported_from_result",
@@ -194,8 +193,3 @@ def reported_from_result(operation: str, result: object) -> Reported | None:
         # Embedding responses have no id: the SDK's documented ``_request_id`` (x-request-id header) stands in.
         return Reported(embeddings_usage(result), _str(result.model), _str(getattr(result, "_request_id", None)), None)
     return None
-
-
-def chunk_is_usage_only(chunk: object) -> bool:
-    """True for the extra final chunk that ``stream_options.include_usage`` adds (``choices == []`` + usage)."""
-    return isinstance(chunk, ChatCompletionChunk) and chunk.usage is not None and not chunk.choices

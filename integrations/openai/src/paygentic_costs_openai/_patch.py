@@ -39,9 +39,9 @@ from paygentic_costs.instrumentation import (
 )
 
 from ._extract import chat_usage, reported_from_result
-from ._sse import WATCH_ATTRIBUTE
+from ._sse import HAS_SSE_SEAM, WATCH_ATTRIBUTE
 from ._sse import install as install_watch
-from ._stream import AsyncHidingChatStream, ChatStreamState, ResponsesStreamState, StreamState, SyncHidingChatStream
+from ._stream import ResponsesStreamState
 
 __all__ = ["patches"]
 
@@ -119,7 +119,7 @@ def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Prepared | None:
     headers = options.headers
     if headers and (type(headers) is dict or isinstance(headers, Mapping)):
         prepared.raw = bool(headers.get(_RAW_RESPONSE_HEADER))
-    if operation == "chat.completions" and body.get("stream") is True and not prepared.raw:
+    if operation == "chat.completions" and body.get("stream") is True and not prepared.raw and HAS_SSE_SEAM:
         _ask_for_usage(prepared, options, body)
     return prepared
 
@@ -228,20 +228,13 @@ class _Wrappers:
     def _proxy_stream(self, operation: str, call: CallHandle, stream: Any, hide_usage_chunk: bool) -> Any:
         site = _call_site(operation, "stream")
         is_async = isinstance(stream, AsyncStream)
-        if operation == "chat.completions" and install_watch(stream, call, site, hide=hide_usage_chunk,
-                                                              is_async=is_async):
+        if operation == "chat.completions":
+            if not install_watch(stream, call, site, hide=hide_usage_chunk, is_async=is_async):
+                call.finish(None, call_site=site)  # no SSE seam (never in the supported range): counted, not guessed
             return stream  # the SDK's own stream: watched where it reads events (see _sse), nothing per chunk
-        state: StreamState
-        if operation == "responses":
-            state = ResponsesStreamState(call, site)
-        elif operation == "chat.completions":
-            state = ChatStreamState(call, site)
-            if hide_usage_chunk:
-                # An SDK without the SSE seam: the hiding proxies drop the extra usage-only chunk instead.
-                cls = AsyncHidingChatStream if is_async else SyncHidingChatStream
-                return cls(stream, state)
-        else:
+        if operation != "responses":
             return stream  # no streaming variant of this endpoint exists; leave it untouched
+        state = ResponsesStreamState(call, site)
         proxy_cls = AsyncStreamProxy if is_async else SyncStreamProxy
         return proxy_cls(stream, on_chunk=state.on_chunk, on_end=state.on_end)
 

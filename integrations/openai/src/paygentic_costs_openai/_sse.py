@@ -24,11 +24,15 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from openai import AsyncStream, Stream
+
 from paygentic_costs.instrumentation import CallHandle, Usage, guard
 
-__all__ = ["WATCH_ATTRIBUTE", "ChatStreamWatch", "chat_usage_from_json", "install"]
+__all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "chat_usage_from_json", "install"]
 
 WATCH_ATTRIBUTE = "_paygentic_costs_watch"
+# The seam this module relies on. Without it the usage chunk could not be hidden, so it is not asked for.
+HAS_SSE_SEAM = hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")
 _END: Any = object()
 _HIDDEN: Any = object()
 _GUARD = guard("openai.chat.stream")
@@ -156,14 +160,49 @@ def _plain(data: str) -> bool:
     return '"finish_reason":null' in data or '"finish_reason": null' in data
 
 
+# What to do with an event that is not a plain content chunk (see _classify).
+_PASS, _HIDE, _AHEAD = "pass", "hide", "ahead"
+
+
+def _classify(watch: ChatStreamWatch, data: str) -> str:
+    """``[DONE]`` ends the call; our usage-only chunk is hidden; after a chunk that finishes a choice, read ahead."""
+    if data.startswith("[DONE]"):
+        watch.finish()  # the SDK stops reading here
+    elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
+        return _HIDE  # ours: the caller never sees it
+    elif watch.hide and watch.usage is None and _finishes_a_choice(data):
+        # The caller may stop at this chunk: read one ahead (the usage chunk follows the last one) and record it
+        # before handing this chunk on, since the caller may never come back.
+        return _AHEAD
+    return _PASS
+
+
 def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
     try:
         for sse in events:
             data = sse.data
-            if '"finish_reason":null' in data or '"finish_reason": null' in data:  # _plain(), inlined
+            if '"finish_reason":null' in data or '"finish_reason": null' in data:  # _plain(), inlined: every chunk
                 yield sse
-            else:
-                yield from _other_sync(watch, sse, events)
+                continue
+            while True:
+                action = _classify(watch, data)
+                if action is not _AHEAD:
+                    if action is _PASS:
+                        yield sse
+                    break
+                try:
+                    ahead = _take_ahead(watch, next(events, _END))
+                except Exception as exc:  # raised after this chunk, as the SDK would have raised it then
+                    ahead = exc
+                yield sse
+                if isinstance(ahead, BaseException):
+                    raise ahead
+                if ahead is _END or ahead is _HIDDEN:
+                    break
+                sse, data = ahead, ahead.data
+                if _plain(data):
+                    yield sse
+                    break
     except GeneratorExit:
         watch.finish()  # abandoned: whatever usage already arrived is what the provider billed
         raise
@@ -173,67 +212,35 @@ def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
     watch.finish()  # the body ended without [DONE]
 
 
-def _other_sync(watch: ChatStreamWatch, sse: Any, events: Iterator[Any]) -> Iterator[Any]:
-    """Everything but a plain content chunk: ``[DONE]``, usage, a chunk that finishes a choice."""
-    while True:
-        data = sse.data
-        if data.startswith("[DONE]"):
-            watch.finish()  # the SDK stops reading here
-        elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
-            return  # ours: the caller never sees it
-        elif watch.hide and watch.usage is None and _finishes_a_choice(data):
-            # The caller may stop at this chunk: read one ahead (the usage chunk follows the last one) and record it
-            # before handing this chunk on, since the caller may never come back.
-            try:
-                ahead = _take_ahead(watch, next(events, _END))
-            except Exception as exc:  # raised after this chunk, as the SDK would have raised it then
-                ahead = exc
-            yield sse
-            if isinstance(ahead, BaseException):
-                raise ahead
-            if ahead is _END or ahead is _HIDDEN:
-                return
-            sse = ahead
-            if _plain(sse.data):
-                yield sse
-                return
-            continue
-        yield sse
-        return
-
-
 async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    # The async twin of _watch_sync: only the reads differ.
     try:
         async for sse in events:
             data = sse.data
             if '"finish_reason":null' in data or '"finish_reason": null' in data:
                 yield sse
                 continue
-            while True:  # as _other_sync (an async generator cannot delegate with yield from)
-                data = sse.data
-                if data.startswith("[DONE]"):
-                    watch.finish()
-                elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
-                    break
-                elif watch.hide and watch.usage is None and _finishes_a_choice(data):
-                    try:
-                        ahead = _take_ahead(watch, await events.__anext__())
-                    except StopAsyncIteration:
-                        ahead = _END
-                    except Exception as exc:
-                        ahead = exc
-                    yield sse
-                    if isinstance(ahead, BaseException):
-                        raise ahead
-                    if ahead is _END or ahead is _HIDDEN:
-                        break
-                    sse = ahead
-                    if _plain(sse.data):
+            while True:
+                action = _classify(watch, data)
+                if action is not _AHEAD:
+                    if action is _PASS:
                         yield sse
-                        break
-                    continue
+                    break
+                try:
+                    ahead = _take_ahead(watch, await events.__anext__())
+                except StopAsyncIteration:
+                    ahead = _END
+                except Exception as exc:
+                    ahead = exc
                 yield sse
-                break
+                if isinstance(ahead, BaseException):
+                    raise ahead
+                if ahead is _END or ahead is _HIDDEN:
+                    break
+                sse, data = ahead, ahead.data
+                if _plain(data):
+                    yield sse
+                    break
     except GeneratorExit:
         watch.finish()
         raise
