@@ -21,9 +21,10 @@ from opentelemetry import context as otel_context
 from ._errors import InvalidCostError
 
 __all__ = [
+    "ACTIVE_CALL",
     "Attribution",
     "JobState",
-    "active_call",
+    "attribution_for_new_call",
     "current",
     "customer",
     "is_suppressed",
@@ -272,21 +273,6 @@ def wrap(fn: F) -> F:
         return captured.copy().run(fn, *args, **kwargs)
 
     return cast(F, bound)
-
-
-def active_call() -> object | None:
-    """The provider call being recorded in this context, if any (so lower layers don't record it again)."""
-    return ACTIVE_CALL.get()
-
-
-def enter_call(call: object) -> object:
-    """Mark ``call`` as the active provider call; returns the token for :func:`exit_call`."""
-    return ACTIVE_CALL.set(call)
-
-
-def exit_call(token: object) -> None:
-    """Undo :func:`enter_call`."""
-    ACTIVE_CALL.reset(token)  # type: ignore[arg-type]
 
 
 def attribution_for_new_call() -> Attribution | None:

@@ -441,11 +441,11 @@ class Recorder:
     ) -> None:
         if read is not None:
             usage = read(usage)
+            if usage is not None and not isinstance(usage, Usage):
+                raise TypeError(f"the usage reader returned {type(usage).__name__}, not a Usage")
             if usage is None or usage.is_empty:
                 self.missing_usage(call, None)
                 return
-            if not isinstance(usage, Usage):
-                raise TypeError(f"the usage reader returned {type(usage).__name__}, not a Usage")
         self.record(
             call.event_type,
             usage=usage,
