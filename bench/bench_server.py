@@ -139,7 +139,8 @@ def main() -> None:
     print(f"stored {stored} of {expected} events sent")
     for label, rates in results.items():
         print(
-            f"{label if label == 'project exporter' else 'bare httpx, ' + label}: median {statistics.median(rates):,.0f} events/s "
+            f"{label if label == 'project exporter' else 'bare httpx, ' + label}: "
+            f"median {statistics.median(rates):,.0f} events/s "
             f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})"
         )
 

@@ -59,7 +59,7 @@ def report_internal_error(exc: BaseException, where: str) -> None:
         pass
 
 
-class guard:  # noqa: N801 -- used like a function: ``with guard("openai.finish"):``
+class guard:  # lower-case: used like the function it replaced, ``with guard("openai.finish"):``
     """Run a block of instrumentation logic; any exception is reported and swallowed.
 
     A plain class rather than ``@contextmanager``: it sits on every instrumented call, and a generator-based

@@ -15,7 +15,7 @@ from paygentic_costs_openai._extract import (
     reported_from_result,
     responses_usage,
 )
-from paygentic_costs_openai._sse import ChatStreamWatch, _carries_usage, chat_usage_from_json
+from paygentic_costs_openai._sse import ChatStreamWatch, _carries_usage
 
 from paygentic_costs.instrumentation import Usage
 
@@ -95,6 +95,6 @@ def test_only_the_usage_chunk_is_usage_only() -> None:
     watch = ChatStreamWatch(SimpleNamespace(done=True), "site", hide=True)  # type: ignore[arg-type]  # reading only
     assert [_carries_usage(d) and watch.usage_chunk(d) for d in data] == [False] * (len(data) - 1) + [True]
     expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
-    assert chat_usage_from_json(json.loads(data[-1])["usage"]) == expected
+    assert chat_usage(json.loads(data[-1])["usage"]) == expected  # the JSON the watcher reads
     assert chat_usage(ChatCompletionChunk.model_validate(json.loads(data[-1])).usage) == expected
     assert not watch.usage_chunk('{"choices": [], "usage": null}')

@@ -9,6 +9,7 @@ translation is a renaming — no arithmetic that could double count.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from openai.types import CompletionUsage, CreateEmbeddingResponse
@@ -30,10 +31,8 @@ __all__ = [
 def _positive(value: Any) -> int | None:
     # Detail fields are Optional and often 0; a 0 bucket carries no information, so it is left out of the event
     # rather than sent as ``cache_read_tokens: 0``. Non-int values (a proxy returning floats) are dropped, not guessed.
-    if value is None:
-        return None
-    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-        return value if value > 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
     return None
 
 
@@ -53,51 +52,29 @@ def detail(details: Any, name: str) -> Any:
     return getattr(details, name, None)
 
 
-def chat_usage(usage: CompletionUsage | None) -> Usage | None:
-    """Normalise a chat-completions ``CompletionUsage`` (also the usage chunk of a stream).
+def chat_usage(usage: CompletionUsage | Mapping[str, Any] | None) -> Usage | None:
+    """Normalise a chat-completions usage: the SDK's ``CompletionUsage`` or the same object as decoded JSON.
 
     Args:
-        usage: ``ChatCompletion.usage`` or the final ``ChatCompletionChunk.usage``; None when absent.
+        usage: ``ChatCompletion.usage``, the final ``ChatCompletionChunk.usage``, or the ``usage`` of a stream's
+            usage chunk read as JSON (``_sse``); None when absent.
 
     Returns:
         The normalised usage, or None when the provider reported none.
     """
     if usage is None:
         return None
-    # One call per request: straight-line reads; the helpers run only for a value that is not a plain int.
-    prompt = usage.prompt_tokens_details
-    completion = usage.completion_tokens_details
-    input_tokens = usage.prompt_tokens
-    output_tokens = usage.completion_tokens
-    if type(input_tokens) is not int or input_tokens < 0:
-        input_tokens = _count(input_tokens)
-    if type(output_tokens) is not int or output_tokens < 0:
-        output_tokens = _count(output_tokens)
-    cache_read = cache_write = audio_in = reasoning = audio_out = None
-    if prompt is not None:
-        cache_read = prompt.cached_tokens
-        if type(cache_read) is not int or cache_read <= 0:
-            cache_read = _positive(cache_read)
-        # ``cache_write_tokens`` appeared in late 2.x SDKs; older versions (field absent) read None.
-        cache_write = _positive(detail(prompt, "cache_write_tokens"))
-        audio_in = prompt.audio_tokens
-        if type(audio_in) is not int or audio_in <= 0:
-            audio_in = _positive(audio_in)
-    if completion is not None:
-        reasoning = completion.reasoning_tokens
-        if type(reasoning) is not int or reasoning <= 0:
-            reasoning = _positive(reasoning)
-        audio_out = completion.audio_tokens
-        if type(audio_out) is not int or audio_out <= 0:
-            audio_out = _positive(audio_out)
+    prompt = detail(usage, "prompt_tokens_details")
+    completion = detail(usage, "completion_tokens_details")
     return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        input_audio_tokens=audio_in,
-        reasoning_tokens=reasoning,
-        output_audio_tokens=audio_out,
+        input_tokens=_count(detail(usage, "prompt_tokens")),
+        output_tokens=_count(detail(usage, "completion_tokens")),
+        cache_read_tokens=_positive(detail(prompt, "cached_tokens")),
+        # ``cache_write_tokens`` appeared in late 2.x SDKs: None where the field is absent.
+        cache_write_tokens=_positive(detail(prompt, "cache_write_tokens")),
+        input_audio_tokens=_positive(detail(prompt, "audio_tokens")),
+        reasoning_tokens=_positive(detail(completion, "reasoning_tokens")),
+        output_audio_tokens=_positive(detail(completion, "audio_tokens")),
     )
 
 
@@ -178,13 +155,7 @@ def reported_from_result(operation: str, result: object) -> Reported | None:
         The report, or None when the result is not the type this operation produces (a ``cast_to`` override).
     """
     if operation == "chat.completions" and isinstance(result, ChatCompletion):
-        model, request_id, tier = result.model, result.id, result.service_tier
-        return Reported(
-            chat_usage(result.usage),
-            model if type(model) is str and model else _str(model),
-            request_id if type(request_id) is str and request_id else _str(request_id),
-            tier if type(tier) is str and tier else _str(tier),
-        )
+        return Reported(chat_usage(result.usage), _str(result.model), _str(result.id), _str(result.service_tier))
     if operation == "responses" and isinstance(result, Response):
         # ``Response.service_tier`` exists since the Responses API shipped (1.66); getattr guards compatible hosts.
         tier = _str(getattr(result, "service_tier", None))

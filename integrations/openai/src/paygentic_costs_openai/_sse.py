@@ -26,9 +26,11 @@ from typing import Any
 
 from openai import AsyncStream, Stream
 
-from paygentic_costs.instrumentation import CallHandle, Usage, guard
+from paygentic_costs.instrumentation import CallHandle, guard
 
-__all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "chat_usage_from_json", "install"]
+from ._extract import chat_usage
+
+__all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install"]
 
 WATCH_ATTRIBUTE = "_paygentic_costs_watch"
 # The seam this module relies on. Without it the usage chunk could not be hidden, so it is not asked for.
@@ -36,33 +38,6 @@ HAS_SSE_SEAM = hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_e
 _END: Any = object()
 _HIDDEN: Any = object()
 _GUARD = guard("openai.chat.stream")
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
-def _positive(value: Any) -> int | None:
-    return value if type(value) is int and value > 0 else None
-
-
-def chat_usage_from_json(usage: Mapping[str, Any]) -> Usage | None:
-    """Normalise a chat ``usage`` object as decoded from the stream's JSON (the SDK's ``CompletionUsage`` shape)."""
-    if not isinstance(usage, Mapping):
-        return None
-    prompt = usage.get("prompt_tokens_details")
-    completion = usage.get("completion_tokens_details")
-    prompt = prompt if isinstance(prompt, Mapping) else {}
-    completion = completion if isinstance(completion, Mapping) else {}
-    return Usage(
-        input_tokens=_count(usage.get("prompt_tokens")),
-        output_tokens=_count(usage.get("completion_tokens")),
-        cache_read_tokens=_positive(prompt.get("cached_tokens")),
-        cache_write_tokens=_positive(prompt.get("cache_write_tokens")),
-        input_audio_tokens=_positive(prompt.get("audio_tokens")),
-        reasoning_tokens=_positive(completion.get("reasoning_tokens")),
-        output_audio_tokens=_positive(completion.get("audio_tokens")),
-    )
 
 
 def _carries_usage(data: str) -> bool:
@@ -130,7 +105,7 @@ class ChatStreamWatch:
                 call.finish(None, call_site=self.call_site)
             else:
                 call.finish_from(
-                    chat_usage_from_json,
+                    chat_usage,
                     self.usage,
                     model=self.model,
                     request_id=self.request_id or None,
