@@ -465,9 +465,10 @@ class FakePaygentic:
 
 
 def fault_mix(reset: float = 0.0, error_500: float = 0.0, unavailable: float = 0.0, *, retry_after: str = "1",
-              seed: int = 0) -> Script:
+              seed: int = 0, delay: float = 0.0) -> Script:
     """A script that, per request: processes then resets (``reset``), processes then answers 500 (``error_500``),
-    or answers 503 with ``Retry-After`` without processing (``unavailable``); otherwise behaves."""
+    or answers 503 with ``Retry-After`` without processing (``unavailable``); otherwise behaves, answering after
+    ``delay`` seconds when it is set."""
     rng = random.Random(seed)
     lock = threading.Lock()
 
@@ -482,7 +483,7 @@ def fault_mix(reset: float = 0.0, error_500: float = 0.0, unavailable: float = 0
             return process_then(500)
         if roll < reset + error_500 + unavailable:
             return respond(503, retry_after=retry_after)
-        return None
+        return respond(202, delay=delay) if delay > 0 else None
 
     return script
 
@@ -494,9 +495,10 @@ class FakePaygenticProcess:
     """
 
     def __init__(self, *, token: str | None = None, reset: float = 0.0, error_500: float = 0.0,
-                 unavailable: float = 0.0, retry_after: str = "1", seed: int = 0) -> None:
+                 unavailable: float = 0.0, retry_after: str = "1", seed: int = 0, delay: float = 0.0) -> None:
         self._args = [f"--token={token or ''}", f"--reset={reset}", f"--error-500={error_500}",
-                      f"--unavailable={unavailable}", f"--retry-after={retry_after}", f"--seed={seed}"]
+                      f"--unavailable={unavailable}", f"--retry-after={retry_after}", f"--seed={seed}",
+                      f"--delay={delay}"]
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -505,6 +507,7 @@ class FakePaygenticProcess:
                                       stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         self.url = self._proc.stdout.readline().strip()
+        assert self.url.startswith("http://"), "the fake server did not start"
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -515,6 +518,7 @@ class FakePaygenticProcess:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait()
 
     def ledger(self) -> dict[str, Any]:
         """``{"ledger": {key: body}, "duplicates": n, "arrivals": [[key, body], ...]}``."""
@@ -528,6 +532,7 @@ def _serve_forever(argv: list[str]) -> None:
     script = fault_mix(
         float(options.get("reset", 0)), float(options.get("error-500", 0)), float(options.get("unavailable", 0)),
         retry_after=options.get("retry-after", "1"), seed=int(options.get("seed", 0)),
+        delay=float(options.get("delay", 0)),
     )
     with FakePaygentic(token=options.get("token") or None, script=script) as fake:
         print(fake.url, flush=True)

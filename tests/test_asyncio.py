@@ -36,7 +36,7 @@ AFLUSH_TIMEOUT = 3.0  # 10 000 events at 200 ms and 64 in flight take ~30 s: afl
 @pytest.fixture(scope="module")
 def slow_fake() -> Iterator[Any]:
     """The 200 ms fake in its own process: its threads must not compete with the event loop for the GIL."""
-    with harness.SlowFakeProcess(delay=LATENCY) as server:
+    with fp.FakePaygenticProcess(token=harness.TOKEN, delay=LATENCY) as server:
         yield server
 
 
