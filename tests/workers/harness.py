@@ -1,5 +1,5 @@
-"""Shared helper of the worker-model tests: the environment
-that makes a subprocess deliver to it. Test modules import it as ``workers.harness`` (``tests/`` is on pytest's
+"""Shared helper of the worker-model tests: the environment that makes a subprocess deliver to the fake Paygentic.
+Test modules import it as ``workers.harness`` (``tests/`` is on pytest's
 ``pythonpath``)."""
 
 from __future__ import annotations
