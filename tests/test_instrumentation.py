@@ -300,3 +300,70 @@ def test_unavailable_sdk_raises_a_clear_error() -> None:
         Missing().instrument()
     with pytest.raises(pc.IntegrationUnavailable, match="outside the supported range"):
         OutOfRange().instrument()
+
+
+def test_every_kind_of_target_gets_the_wrapt_calling_convention_and_is_restored_exactly() -> None:
+    """Plain functions are patched with a plain function, anything else with wrapt; wrappers cannot tell them apart."""
+    module = types.ModuleType("toy_kinds")
+
+    class Client:
+        def method(self, x: int, *, y: int = 0) -> tuple[Any, int]:
+            """A method."""
+            return self, x + y
+
+        async def amethod(self, x: int) -> int:
+            return x * 2
+
+        @staticmethod
+        def static(x: int) -> int:
+            return x + 100
+
+        @classmethod
+        def klass(cls, x: int) -> tuple[type, int]:
+            return cls, x
+
+    def function(x: int) -> int:
+        return x - 1
+
+    module.Client, module.function = Client, function  # type: ignore[attr-defined]
+    originals = {name: Client.__dict__[name] for name in ("method", "amethod", "static", "klass")}
+    seen: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    class Kinds(ToyInstrumentor):
+        def _patches(self) -> Iterable[Patch]:
+            for target in ("Client.method", "Client.static", "Client.klass", "function"):
+                yield Patch("toy_kinds", target, self._record, "records how the wrapper was called")
+            yield Patch("toy_kinds", "Client.amethod", self._arecord, "async")
+
+        def _record(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            seen.append((wrapped.__name__, instance, args, kwargs))
+            return wrapped(*args, **kwargs)
+
+        async def _arecord(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            seen.append((wrapped.__name__, instance, args, kwargs))
+            return await wrapped(*args, **kwargs)
+
+    sys.modules["toy_kinds"] = module
+    try:
+        kinds = Kinds()
+        kinds.instrument()
+        client = Client()
+        assert client.method(1, y=2) == (client, 3)
+        assert Client.method(client, 4) == (client, 4)  # through the class: the instance is still the instance
+        assert Client.static(1) == 101 and client.klass(5) == (Client, 5) and module.function(3) == 2
+        import asyncio
+
+        assert asyncio.run(client.amethod(21)) == 42
+        assert seen[0] == ("method", client, (1,), {"y": 2}) and seen[1] == ("method", client, (4,), {})
+        assert seen[2][:3] == ("static", None, (1,)) and seen[4] == ("function", None, (3,), {})
+        assert seen[3][0] == "klass" and seen[5] == ("amethod", client, (21,), {})
+        import inspect
+
+        assert inspect.iscoroutinefunction(Client.amethod)
+        assert inspect.signature(Client.method) == inspect.signature(originals["method"])
+        assert Client.method.__doc__ == "A method." and Client.method.__name__ == "method"
+        kinds.uninstrument()
+        assert {name: Client.__dict__[name] for name in originals} == originals
+        assert module.function is function
+    finally:
+        del sys.modules["toy_kinds"]
