@@ -275,6 +275,20 @@ def wrap(fn: F) -> F:
     return cast(F, bound)
 
 
+def _otel_context_reader() -> Callable[[], Any]:
+    """``opentelemetry.context.get_current``, or the same read without its two Python calls: the ``get`` of the
+    ContextVar behind OTel's default runtime context (chosen once, at OTel's import, from ``OTEL_PYTHON_CONTEXT``).
+    Any other runtime context, or a future OTel that moved this private field, gets the public function."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(var, contextvars.ContextVar):
+        return var.get
+    return otel_context.get_current
+
+
+_otel_current = _otel_context_reader()
+
+
 def attribution_for_new_call() -> Attribution | None:
     """The attribution a new provider call opened here is billed to; None when it must not be recorded.
 
@@ -283,8 +297,8 @@ def attribution_for_new_call() -> Attribution | None:
     """
     if _suppressed.get() or ACTIVE_CALL.get() is not None:
         return None
-    context = otel_context.get_current()
-    if context.get(_OTEL_SUPPRESS_KEY):  # type: ignore[call-overload]
+    context = _otel_current()
+    if context.get(_OTEL_SUPPRESS_KEY):
         return None
     value = context.get(_KEY)
     return value if isinstance(value, Attribution) else _NOBODY

@@ -279,20 +279,19 @@ class Instrumentor(ABC):
             attribution = attribution_for_new_call()
             if attribution is None:
                 return None
-            runtime = _runtime_module or _load_runtime_module()
-            call: CallHandle = runtime.get_runtime().recorder.start_call(
-                provider=self.provider, operation=operation, event_type=self.event_type, model=model,
-                attribution=attribution,
-            )
-            return call
+            runtime = (_runtime_module or _load_runtime_module())._runtime
+            if runtime is None:  # not configured yet: configure from the environment, as every entry point does
+                runtime = _runtime_module.get_runtime()
+            # The handle is built here rather than through Recorder.start_call: this runs on every SDK call.
+            return CallHandle(runtime.recorder, self.provider, operation, self.event_type, model, attribution)
         except Exception as exc:
             report_internal_error(exc, f"{self.name}.start_call")
             return None
 
 
 # ``_runtime`` is imported on the first call, as before, but only once: an import statement in start_call cost
-# microseconds on every call. The module is kept, not its ``get_runtime``, so the lookup stays live for anything
-# that replaces that function.
+# microseconds on every call. The module is kept, not its runtime, so ``configure()`` replacing the runtime is seen
+# by the next call.
 _runtime_module: Any = None
 
 

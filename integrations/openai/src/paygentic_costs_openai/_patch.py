@@ -175,53 +175,66 @@ class _Wrappers:
         self._pending: weakref.WeakKeyDictionary[Any, _Pending] = weakref.WeakKeyDictionary()
 
     # -- the chokepoint ---------------------------------------------------------------------------------------------
-
-    def _open(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Prepared, CallHandle] | None:
-        prepared: _Prepared | None = None
-        with _PREPARE_GUARD:  # request extraction failed: the SDK call proceeds, with no event
-            prepared = _prepare(args, kwargs)
-        if prepared is None:
-            return None
-        call = self._instrumentor.start_call(prepared.operation, model=prepared.model)
-        if call is None:  # disabled, suppressed, or an outer layer records this call
-            return None
-        return prepared, call
+    # Every SDK call runs through here, so the common path is written out: try/except instead of `with guard(...)`
+    # (no call until something fails), the chat result finished inline.
 
     def request(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``SyncAPIClient.request``: opens the call, sends, then finishes it (or hands it to a stream/raw response)."""
-        opened = self._open(args, kwargs)
-        if opened is None:
+        try:
+            prepared = _prepare(args, kwargs)
+            call = None if prepared is None else self._instrumentor.start_call(prepared.operation, model=prepared.model)
+        except Exception as exc:  # request extraction failed: the SDK call proceeds, with no event
+            _PREPARE_GUARD.report(exc)
+            call = None
+        if call is None:  # not billable, disabled, suppressed, or an outer layer records this call
             return wrapped(*args, **kwargs)
-        prepared, call = opened
+        assert prepared is not None
         with call:  # marks the call active (no double count below us); an SDK error fails it and propagates as is
             result = wrapped(*prepared.args, **prepared.kwargs)
-        return self._after(prepared, call, result)
+        try:
+            kind = _KINDS.get(type(result)) or _kind(result)
+            if kind is _CHAT and prepared.operation == "chat.completions":
+                _finish_chat(call, result)
+                return result
+            return self._after(prepared, call, result, kind)
+        except Exception as exc:
+            _FINISH_GUARDS[prepared.operation].report(exc)
+            return result
 
     async def arequest(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """``AsyncAPIClient.request``: the async twin of :meth:`request` (awaits, so wrapt keeps it a coroutine)."""
-        opened = self._open(args, kwargs)
-        if opened is None:
+        """``AsyncAPIClient.request``: the async twin of :meth:`request`."""
+        try:
+            prepared = _prepare(args, kwargs)
+            call = None if prepared is None else self._instrumentor.start_call(prepared.operation, model=prepared.model)
+        except Exception as exc:
+            _PREPARE_GUARD.report(exc)
+            call = None
+        if call is None:
             return await wrapped(*args, **kwargs)
-        prepared, call = opened
+        assert prepared is not None
         with call:
             result = await wrapped(*prepared.args, **prepared.kwargs)
-        return self._after(prepared, call, result)
-
-    def _after(self, prepared: _Prepared, call: CallHandle, result: Any) -> Any:
-        out = result
-        with _FINISH_GUARDS[prepared.operation]:
+        try:
             kind = _KINDS.get(type(result)) or _kind(result)
             if kind is _CHAT and prepared.operation == "chat.completions":
                 _finish_chat(call, result)
-            elif kind is _RAW:
-                self._hold_raw(prepared, call, result)
-            elif kind is _STREAM:
-                out = self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
-            else:
-                _finish_result(prepared.operation, call, result)
-        return out
+                return result
+            return self._after(prepared, call, result, kind)
+        except Exception as exc:
+            _FINISH_GUARDS[prepared.operation].report(exc)
+            return result
+
+    def _after(self, prepared: _Prepared, call: CallHandle, result: Any, kind: str) -> Any:
+        """Any result but a plain chat completion: a raw response, a stream, or another endpoint's result."""
+        if kind is _RAW:
+            self._hold_raw(prepared, call, result)
+        elif kind is _STREAM:
+            return self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
+        else:
+            _finish_result(prepared.operation, call, result)
+        return result
 
     # -- streams ----------------------------------------------------------------------------------------------------
 
