@@ -182,3 +182,24 @@ def test_bad_ids_are_rejected_clearly() -> None:
         pc.customer("cus\n1")
     with pytest.raises(pc.InvalidCostError, match="customer id or external"):
         pc.customer()
+
+
+def test_the_fast_otel_context_read_is_otels_own_and_falls_back_to_the_public_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import context as otel_context
+
+    from paygentic_costs import _context
+
+    read = _context._otel_context_reader()
+    token = otel_context.attach(otel_context.set_value("k", "v"))
+    try:
+        assert read() is otel_context.get_current() and read().get("k") == "v"
+    finally:
+        otel_context.detach(token)
+
+    class OtherRuntime:  # e.g. a custom OTEL_PYTHON_CONTEXT: only the public function knows how to read it
+        pass
+
+    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", OtherRuntime())
+    assert _context._otel_context_reader() is otel_context.get_current
