@@ -92,7 +92,8 @@ def test_only_the_usage_chunk_is_usage_only() -> None:
     # JSON reader agrees with the reader of the SDK's parsed model.
     data = [line[6:] for line in (FIXTURES / "openai_chat_stream.sse").read_text().splitlines()
             if line.startswith("data: {")]
-    watch = ChatStreamWatch(SimpleNamespace(done=True), "site", hide=True)  # type: ignore[arg-type]  # reading only
+    watch = ChatStreamWatch(SimpleNamespace(), "site", hide=True)  # type: ignore[arg-type]  # reading only
+    watch.ended = True  # nothing is finished here
     assert [_carries_usage(d) and watch.usage_chunk(d) for d in data] == [False] * (len(data) - 1) + [True]
     expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
     assert chat_usage(json.loads(data[-1])["usage"]) == expected  # the JSON the watcher reads

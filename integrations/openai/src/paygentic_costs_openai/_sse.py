@@ -19,12 +19,12 @@ anything else is handed to the SDK next.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from openai import AsyncStream, Stream
+from openai._streaming import ServerSentEvent
 
 from paygentic_costs.instrumentation import CallHandle, guard
 
@@ -33,8 +33,21 @@ from ._extract import chat_usage
 __all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install"]
 
 WATCH_ATTRIBUTE = "_paygentic_costs_watch"
+
+
+def _event_data_is_private_field() -> bool:
+    """``ServerSentEvent.data`` is a property over ``_data`` (1.66 to 3.x); the watcher reads the field itself, since
+    a property is a Python call on every chunk of every stream."""
+    try:
+        return ServerSentEvent(data="probe")._data == "probe"
+    except Exception:
+        return False
+
+
 # The seam this module relies on. Without it the usage chunk could not be hidden, so it is not asked for.
-HAS_SSE_SEAM = hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")
+HAS_SSE_SEAM = (
+    hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events") and _event_data_is_private_field()
+)
 _END: Any = object()
 _HIDDEN: Any = object()
 _GUARD = guard("openai.chat.stream")
@@ -58,10 +71,11 @@ def _finishes_a_choice(data: str) -> bool:
 class ChatStreamWatch:
     """What one chat stream reported, and its call. Finishes the call at most once, whichever path ends it."""
 
-    __slots__ = ("call", "call_site", "hide", "model", "request_id", "service_tier", "usage")
+    __slots__ = ("call", "call_site", "ended", "hide", "model", "request_id", "service_tier", "usage")
 
     def __init__(self, call: CallHandle, call_site: str, hide: bool) -> None:
         self.call = call
+        self.ended = False  # finish() ran: [DONE], the end of the body, close() and collection all call it
         self.call_site = call_site
         self.hide = hide  # the usage-only chunk is ours (we added include_usage): the SDK never sees it
         self.usage: Mapping[str, Any] | None = None
@@ -97,9 +111,10 @@ class ChatStreamWatch:
 
     def finish(self) -> None:
         """End the call with the usage seen so far (none: the core counts ``usage_missing`` naming the call site)."""
-        call = self.call
-        if call.done:
+        if self.ended:
             return
+        self.ended = True
+        call = self.call
         with _GUARD:
             if self.usage is None:
                 call.finish(None, call_site=self.call_site)
@@ -114,15 +129,17 @@ class ChatStreamWatch:
 
     def __del__(self) -> None:
         # The stream was dropped (never iterated, or abandoned): a generator that never started runs no cleanup.
-        with contextlib.suppress(Exception):  # nothing may escape a finalizer; finish() reports its own errors
+        try:
             self.finish()
+        except Exception:  # nothing may escape a finalizer; finish() reports its own errors
+            pass
 
 
 def _take_ahead(watch: ChatStreamWatch, ahead: Any) -> Any:
     """Record the usage of an event read ahead; ``_HIDDEN`` when it was our usage-only chunk, else the event."""
     if ahead is _END or isinstance(ahead, BaseException):
         return ahead
-    data = ahead.data
+    data = ahead._data
     if _carries_usage(data) and watch.usage_chunk(data):
         return _HIDDEN
     return ahead
@@ -155,7 +172,7 @@ def _classify(watch: ChatStreamWatch, data: str) -> str:
 def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
     try:
         for sse in events:
-            data = sse.data
+            data = sse._data  # the field behind the .data property (see HAS_SSE_SEAM)
             if '"finish_reason":null' in data or '"finish_reason": null' in data:  # _plain(), inlined: every chunk
                 yield sse
                 continue
@@ -174,7 +191,7 @@ def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
                     raise ahead
                 if ahead is _END or ahead is _HIDDEN:
                     break
-                sse, data = ahead, ahead.data
+                sse, data = ahead, ahead._data
                 if _plain(data):
                     yield sse
                     break
@@ -191,7 +208,7 @@ async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> As
     # The async twin of _watch_sync: only the reads differ.
     try:
         async for sse in events:
-            data = sse.data
+            data = sse._data  # the field behind the .data property (see HAS_SSE_SEAM)
             if '"finish_reason":null' in data or '"finish_reason": null' in data:
                 yield sse
                 continue
@@ -212,7 +229,7 @@ async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> As
                     raise ahead
                 if ahead is _END or ahead is _HIDDEN:
                     break
-                sse, data = ahead, ahead.data
+                sse, data = ahead, ahead._data
                 if _plain(data):
                     yield sse
                     break
