@@ -382,7 +382,8 @@ def _kind(result: Any) -> str:
     else:
         kind = _OTHER
     cls = type(result)
-    if cls.__module__.startswith("openai.") and len(_KINDS) < 1000:
+    module = cls.__module__  # "openai" itself for the re-exported Stream classes
+    if (module == "openai" or module.startswith("openai.")) and len(_KINDS) < 1000:
         _KINDS[cls] = kind
     return kind
 
