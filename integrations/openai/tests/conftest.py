@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,9 @@ class FakeOpenAI:
         self.overrides: dict[str, Any] = {}
         self.fail_first = 0
         self.chat_chunks = 0  # > 0: replace the fixture's content chunks with this many (benchmarks, long streams)
+        # MockTransport only: an event stream arrives one event per read, as over a network, instead of in one read.
+        # A caller that stops early then has not received the later events (the usage one among them).
+        self.event_reads = False
 
     def respond(self, method: str, path: str, raw_body: bytes) -> tuple[int, dict[str, str], bytes]:
         body = json.loads(raw_body) if raw_body else {}
@@ -114,7 +117,23 @@ class FakeOpenAI:
     def handler(self, request: Any) -> Any:
         """A MockTransport handler (sync, also accepted by the async transport)."""
         status, headers, content = self.respond(request.method, request.url.path, request.read())
+        if self.event_reads and headers.get("content-type") == "text/event-stream":
+            return httpx_mod.Response(status, headers=headers, stream=_EventReads(content))
         return httpx_mod.Response(status, headers=headers, content=content)
+
+
+class _EventReads(httpx_mod.SyncByteStream, httpx_mod.AsyncByteStream):  # type: ignore[misc]
+    """An SSE body handed over one event per read, to sync and async clients alike."""
+
+    def __init__(self, body: bytes) -> None:
+        self.reads = [event + b"\n\n" for event in body.split(b"\n\n") if event]
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.reads
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for read in self.reads:
+            yield read
 
 
 @pytest.fixture

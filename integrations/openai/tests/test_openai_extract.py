@@ -15,7 +15,7 @@ from paygentic_costs_openai._extract import (
     reported_from_result,
     responses_usage,
 )
-from paygentic_costs_openai._sse import ChatStreamWatch, _carries_usage
+from paygentic_costs_openai._sse import ChatStreamWatch
 
 from paygentic_costs.instrumentation import Usage
 
@@ -88,14 +88,16 @@ def test_a_result_of_another_type_is_not_read() -> None:
 
 
 def test_only_the_usage_chunk_is_usage_only() -> None:
-    # The SSE watcher's reading of the recorded stream: only the last data line is the usage-only chunk, and its
-    # JSON reader agrees with the reader of the SDK's parsed model.
-    data = [line[6:] for line in (FIXTURES / "openai_chat_stream.sse").read_text().splitlines()
-            if line.startswith("data: {")]
+    # The stream watcher's reading of the recorded body: only the last data event is the usage-only one, it is cut
+    # out (and nothing else), and its JSON reader agrees with the reader of the SDK's parsed model.
+    body = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    events = [e + b"\n\n" for e in body.split(b"\n\n") if e.startswith(b"data: {")]
     watch = ChatStreamWatch(SimpleNamespace(), "site", hide=True)  # type: ignore[arg-type]  # reading only
     watch.ended = True  # nothing is finished here
-    assert [_carries_usage(d) and watch.usage_chunk(d) for d in data] == [False] * (len(data) - 1) + [True]
+    assert [watch.read_usage(e) for e in events] == [False] * (len(events) - 1) + [True]
+    assert watch.scan(body) == body.replace(events[-1], b"") and watch.usage is not None
     expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
-    assert chat_usage(json.loads(data[-1])["usage"]) == expected  # the JSON the watcher reads
-    assert chat_usage(ChatCompletionChunk.model_validate(json.loads(data[-1])).usage) == expected
-    assert not watch.usage_chunk('{"choices": [], "usage": null}')
+    usage_json = json.loads(events[-1][6:])["usage"]
+    assert chat_usage(watch.usage) == chat_usage(usage_json) == expected  # the JSON the watcher reads
+    assert chat_usage(ChatCompletionChunk.model_validate(json.loads(events[-1][6:])).usage) == expected
+    assert not watch.read_usage(b'data: {"choices": [], "usage": null}\n\n')

@@ -142,9 +142,10 @@ def test_break_on_finish_reason_then_abandon_records_usage_once(costs: Capture, 
 
 @pytest.mark.parametrize("transport", ["mock"])  # one run: the core logs a given call site once per 20 s
 def test_abandoned_before_usage_invents_nothing_and_names_the_call_site(
-    costs: Capture, client: Any, caplog: pytest.LogCaptureFixture
+    costs: Capture, client: Any, fake: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="paygentic_costs")
+    fake.event_reads = True  # the usage event has not arrived when the caller stops
     with pc.job("j", customer="cus_1"):
         stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
         for _ in stream:
@@ -174,7 +175,8 @@ async def test_async_abandoned_streams(costs: Capture, async_client: Any) -> Non
 
 @pytest.mark.parametrize("transport", ["mock"])
 @pytest.mark.usefixtures("no_gc")
-def test_helper_early_exit_finishes_at_exit(costs: Capture, client: Any, chat_helpers: Any) -> None:
+def test_helper_early_exit_finishes_at_exit(costs: Capture, client: Any, fake: Any, chat_helpers: Any) -> None:
+    fake.event_reads = True  # the usage event has not arrived when the caller stops
     with pc.job("j", customer="cus_1"):
         with chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES) as stream:
             # The helper field the close patch relies on: the SDK's own stream, watched where it reads events.
@@ -191,7 +193,10 @@ def test_helper_early_exit_finishes_at_exit(costs: Capture, client: Any, chat_he
 
 @pytest.mark.parametrize("transport", ["mock"])
 @pytest.mark.usefixtures("no_gc")
-async def test_async_helper_early_exit_finishes_at_exit(costs: Capture, async_client: Any, chat_helpers: Any) -> None:
+async def test_async_helper_early_exit_finishes_at_exit(
+    costs: Capture, async_client: Any, fake: Any, chat_helpers: Any
+) -> None:
+    fake.event_reads = True
     with pc.job("j", customer="cus_1"):
         async with chat_helpers(async_client).stream(model="gpt-4o", messages=MESSAGES) as stream:
             async for _ in stream:

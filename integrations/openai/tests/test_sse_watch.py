@@ -39,12 +39,36 @@ def _choice(index: int, content: str | None, finish: str | None = None) -> dict[
 httpx_mod = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
 
 
-def _sdk(body: Callable[[bool], bytes]) -> Any:
-    """A client whose chat streams are ``body(include_usage)``."""
+class _Reads(httpx_mod.SyncByteStream, httpx_mod.AsyncByteStream):  # type: ignore[misc]
+    """A body handed over in reads of ``size`` bytes (0: one event per read), as a network splits it."""
+
+    def __init__(self, body: bytes, size: int) -> None:
+        if size:
+            self.reads = [body[at:at + size] for at in range(0, len(body), size)]
+        else:
+            self.reads = [event + b"\n\n" for event in body.split(b"\n\n") if event]
+
+    def __iter__(self) -> Any:
+        yield from self.reads
+
+    async def __aiter__(self) -> Any:
+        for read in self.reads:
+            yield read
+
+
+def _sdk(body: Callable[[bool], bytes], read_size: int | None = None, *, is_async: bool = False) -> Any:
+    """A client whose chat streams are ``body(include_usage)``, in one read or in reads of ``read_size`` bytes."""
 
     def handler(request: Any) -> Any:
         asked = bool((json.loads(request.content).get("stream_options") or {}).get("include_usage"))
-        return httpx_mod.Response(200, headers={"content-type": "text/event-stream"}, content=body(asked))
+        headers = {"content-type": "text/event-stream"}
+        if read_size is None:
+            return httpx_mod.Response(200, headers=headers, content=body(asked))
+        return httpx_mod.Response(200, headers=headers, stream=_Reads(body(asked), read_size))
+
+    if is_async:
+        return openai.AsyncOpenAI(api_key="test", base_url="http://fake.test/v1", max_retries=0,
+                                  http_client=httpx_mod.AsyncClient(transport=httpx_mod.MockTransport(handler)))
 
     http_client = httpx_mod.Client(transport=httpx_mod.MockTransport(handler))
     return openai.OpenAI(api_key="test", base_url="http://fake.test/v1", max_retries=0, http_client=http_client)
@@ -59,8 +83,11 @@ def _bare_view(body: Callable[[bool], bytes], **kwargs: Any) -> list[dict[str, A
         pc.instrument("openai")
 
 
+@pytest.mark.parametrize("read_size", [None, 0, 7])
 @pytest.mark.parametrize("compact", [True, False])
-def test_two_choices_break_at_the_last_finish_is_billed_at_once(costs: Capture, compact: bool) -> None:
+def test_two_choices_break_at_the_last_finish_is_billed_at_once(
+    costs: Capture, compact: bool, read_size: int | None
+) -> None:
     def body(asked: bool) -> bytes:
         return (_chunk([_choice(0, "a")], None, compact=compact) + _chunk([_choice(1, "b")], None, compact=compact)
                 + _chunk([_choice(0, None, "stop")], None, compact=compact)
@@ -71,7 +98,7 @@ def test_two_choices_break_at_the_last_finish_is_billed_at_once(costs: Capture, 
     seen: list[dict[str, Any]] = []
     finished = 0
     with pc.customer("cus_1"):
-        stream = _sdk(body).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        stream = _sdk(body, read_size).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
         for chunk in stream:
             seen.append(chunk.model_dump())
             finished += sum(1 for choice in chunk.choices if choice.finish_reason is not None)
@@ -141,3 +168,26 @@ def test_an_error_right_after_the_finish_chunk_comes_after_that_chunk(costs: Cap
             finishes.append(chunk.choices[0].finish_reason)
     assert finishes == [None, "stop"]
     assert costs.events == [] and pc.stats()["usage_missing"] == 1
+
+
+@pytest.mark.parametrize("read_size", [0, 1, 7, 64])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+async def test_any_split_of_the_body_gives_the_bare_chunks_and_one_event(
+    costs: Capture, read_size: int, line_end: str
+) -> None:
+    # The watcher passes on whole events only and cuts our usage event out wherever the reads split it, for sync and
+    # async streams, with LF or CRLF line ends.
+    def body(asked: bool) -> bytes:
+        data = (_chunk([_choice(0, "a")], None, compact=True) + _chunk([_choice(0, "b", "stop")], None, compact=False)
+                + (_chunk([], USAGE, compact=True) if asked else b"") + b"data: [DONE]\n\n")
+        return data.replace(b"\n", line_end.encode())
+
+    expected = _bare_view(body)
+    with pc.customer("cus_1"):
+        sync_chunks = [c.model_dump() for c in _sdk(body, read_size).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True)]
+        stream = await _sdk(body, read_size, is_async=True).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True)
+        async_chunks = [c.model_dump() async for c in stream]
+    assert sync_chunks == expected and async_chunks == expected and len(expected) == 2
+    assert [e.amount for e in costs.events] == [AMOUNT, AMOUNT]

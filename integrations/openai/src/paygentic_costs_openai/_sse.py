@@ -1,30 +1,34 @@
-"""Chat streams observed where the SDK reads server-sent events, before it builds a model for each chunk.
+"""Chat streams observed in the bytes the SDK reads, before its SSE decoder splits them into events.
 
-``Stream.__stream__`` (openai 1.66 to 3.x) pulls its events from ``self._iter_events()`` lazily, on the first
-iteration, so an instance attribute set right after ``request`` returned the stream puts :func:`_watch_sync` (or its
-async twin) between the SSE decoder and the SDK. From there:
+``Stream._iter_events`` (openai 1.66 to 3.x) decodes ``self.response.iter_bytes()``, looked up when the stream is
+first iterated, so an attribute set on the response right after ``request`` returned the stream puts
+:func:`_watch_sync` (or its async twin) between the body and the SDK. It sees each network read once — not each
+event — and passes on only whole events (an incomplete last event waits for the rest of its bytes, as it would in the
+SDK's decoder). In the bytes it passes on:
 
-* the usage-only chunk that ``stream_options.include_usage`` adds is taken out before the SDK parses it (when we added
-  the option), or read alongside it (when the caller asked for usage) — its JSON is decoded once, by us;
-* the id, model and tier are read from the usage chunk's JSON (they repeat on every chunk; without usage there is
-  no event to key), so the caller's chunks pass through untouched and the caller gets the SDK's own ``Stream``
-  object back (no proxy; per chunk only this generator's resume and a substring search);
-* ``[DONE]``, the end of the body, an error, ``close()`` (the ``Stream.close`` patch) and garbage collection end the
-  call exactly once (``CallHandle`` is finalize-once).
+* the usage event that ``stream_options.include_usage`` adds (``"choices": []``) is read — its JSON decoded once, by
+  us — and, when we added the option, cut out, so the SDK never decodes or parses it and the caller's chunks are
+  exactly the ones it would have got;
+* a usage on any other event (servers that report usage on content chunks) is read and passed through;
+* id, model and tier come from the usage event's JSON (they repeat on every chunk; without usage there is no event to
+  key); the caller gets the SDK's own ``Stream`` object back (no proxy, nothing per chunk);
+* the usage event, ``[DONE]``, the end of the body, an error, ``close()`` (the ``Stream.close`` patch) and garbage
+  collection end the call exactly once (``CallHandle`` is finalize-once).
 
-Callers often ``break`` on ``finish_reason``; OpenAI sends the usage chunk right after the last one, so after an event
-that finishes a choice the watcher reads one event ahead: the usage chunk is recorded (and hidden when it is ours);
-anything else is handed to the SDK next.
+Callers often ``break`` on ``finish_reason``; OpenAI sends the usage event right after the last one. When bytes
+that finish a choice arrive and no usage has been seen, the watcher reads on until it holds one more whole event
+before passing them on, so a caller that stops there is still billed. An error while reading ahead is raised after
+those bytes, where the SDK would have met it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from openai import AsyncStream, Stream
-from openai._streaming import ServerSentEvent
 
 from paygentic_costs.instrumentation import CallHandle, guard
 
@@ -33,39 +37,53 @@ from ._extract import chat_usage
 __all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install"]
 
 WATCH_ATTRIBUTE = "_paygentic_costs_watch"
-
-
-def _event_data_is_private_field() -> bool:
-    """``ServerSentEvent.data`` is a property over ``_data`` (1.66 to 3.x); the watcher reads the field itself, since
-    a property is a Python call on every chunk of every stream."""
-    try:
-        return ServerSentEvent(data="probe")._data == "probe"
-    except Exception:
-        return False
-
-
-# The seam this module relies on. Without it the usage chunk could not be hidden, so it is not asked for.
-HAS_SSE_SEAM = (
-    hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events") and _event_data_is_private_field()
-)
-_END: Any = object()
-_HIDDEN: Any = object()
+# The seam this module relies on (the decoder reads ``self.response.iter_bytes()``; pinned by the tests on the
+# oldest and newest supported SDK). Without it the usage event could not be hidden, so it is not asked for.
+HAS_SSE_SEAM = hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")
 _GUARD = guard("openai.chat.stream")
 
+# A usage object (not ``"usage": null``, which every chunk of a usage stream carries). A JSON string cannot contain
+# an unescaped quote, so this never matches text inside the model's output.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# A choice's finish_reason set (a string; null on every other chunk).
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+_DONE = b"data: [DONE]"
+# SSE ends an event with a blank line; lines end with CRLF, LF or CR.
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
-def _carries_usage(data: str) -> bool:
-    """``"usage"`` with a value (every chunk of a usage stream carries ``"usage": null``); substring tests only."""
-    if '"usage"' not in data or '"usage":null' in data or '"usage": null' in data:
-        return False
-    at = data.find('"usage"')
-    return not data[at + 7:at + 16].lstrip(" :\t\r\n").startswith("null")
+
+def _whole_events(data: bytes) -> int:
+    """Length of the leading part of ``data`` made of whole events (0: not one is complete yet)."""
+    end = 0
+    for separator in _SEPARATORS:
+        at = data.rfind(separator)
+        if at >= 0 and at + len(separator) > end:
+            end = at + len(separator)
+    return end
 
 
-def _finishes_a_choice(data: str) -> bool:
-    if '"finish_reason"' not in data or '"finish_reason":null' in data or '"finish_reason": null' in data:
-        return False
-    at = data.find('"finish_reason"')
-    return not data[at + 15:at + 24].lstrip(" :\t\r\n").startswith("null")
+def _event_bounds(block: bytes, start: int, stop: int) -> tuple[int, int]:
+    """The event of ``block`` (whole events) that holds ``block[start:stop]``: from after the previous blank line
+    to after the next one."""
+    begin, end = 0, len(block)
+    for separator in _SEPARATORS:
+        before = block.rfind(separator, 0, start)
+        if before >= 0 and before + len(separator) > begin:
+            begin = before + len(separator)
+        after = block.find(separator, stop)
+        if after >= 0 and after + len(separator) < end:
+            end = after + len(separator)
+    return begin, end
+
+
+def _event_json(event: bytes) -> Any:
+    """The JSON of one event's ``data:`` lines (joined with newlines, as the SSE format says)."""
+    lines = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    return json.loads(b"\n".join(lines))
 
 
 class ChatStreamWatch:
@@ -75,39 +93,52 @@ class ChatStreamWatch:
 
     def __init__(self, call: CallHandle, call_site: str, hide: bool) -> None:
         self.call = call
-        self.ended = False  # finish() ran: [DONE], the end of the body, close() and collection all call it
         self.call_site = call_site
-        self.hide = hide  # the usage-only chunk is ours (we added include_usage): the SDK never sees it
+        self.ended = False  # finish() ran: the usage event, [DONE], the end of the body, close() and collection call it
+        self.hide = hide  # the usage-only event is ours (we added include_usage): the SDK never sees it
         self.usage: Mapping[str, Any] | None = None
         self.model: str | None = None
         self.request_id: str | None = None
         self.service_tier: str | None = None
 
-    def _keys(self, chunk: Mapping[str, Any]) -> None:
-        request_id, model, tier = chunk.get("id"), chunk.get("model"), chunk.get("service_tier")
-        if isinstance(request_id, str) and request_id:
-            self.request_id = request_id
-        if isinstance(model, str) and model:
-            self.model = model  # the usage chunk repeats it: the served snapshot is what the price must use
-        if isinstance(tier, str) and tier:
-            self.service_tier = tier
+    def scan(self, block: bytes) -> bytes:
+        """Read the usage in ``block`` (whole events); return it without our usage-only event."""
+        match = _USAGE.search(block)
+        usage_only = False
+        while match is not None:
+            begin, end = _event_bounds(block, match.start(), match.end())
+            if self.read_usage(block[begin:end]):
+                usage_only = True
+                if self.hide:
+                    block = block[:begin] + block[end:]
+                    end = begin
+            match = _USAGE.search(block, end)
+        if usage_only or _DONE in block:
+            # The usage-only event is the last one with data: the call ends here, so a caller that stopped reading
+            # (an async loop left with `break` is closed only later, by the event loop) is billed now.
+            self.finish()
+        return block
 
-    def usage_chunk(self, data: str) -> bool:
-        """Record the usage in ``data``; True when it is the usage-only chunk (``choices == []``).
-
-        That chunk is the last one with data, so the call ends here: a caller that stopped reading (an async loop
-        left with ``break`` is closed only later, by the event loop) is billed now.
-        """
+    def read_usage(self, event: bytes) -> bool:
+        """Record the usage in ``event``; True when it is the usage-only event (``"choices": []``)."""
         usage_only = False
         with _GUARD:
-            chunk = json.loads(data)
+            chunk = _event_json(event)
             if isinstance(chunk, dict) and isinstance(chunk.get("usage"), Mapping):
                 self.usage = chunk["usage"]
-                self._keys(chunk)
+                request_id, model, tier = chunk.get("id"), chunk.get("model"), chunk.get("service_tier")
+                if isinstance(request_id, str) and request_id:
+                    self.request_id = request_id
+                if isinstance(model, str) and model:
+                    self.model = model  # the usage chunk repeats it: the served snapshot is what the price must use
+                if isinstance(tier, str) and tier:
+                    self.service_tier = tier
                 usage_only = chunk.get("choices") == []
-        if usage_only:
-            self.finish()
         return usage_only
+
+    def wants_more(self, block: bytes) -> bool:
+        """``block`` (the bytes read last) finishes a choice and no usage came yet: the caller may stop after it."""
+        return self.hide and self.usage is None and not self.ended and _FINISH.search(block) is not None
 
     def finish(self) -> None:
         """End the call with the usage seen so far (none: the core counts ``usage_missing`` naming the call site)."""
@@ -129,72 +160,43 @@ class ChatStreamWatch:
 
     def __del__(self) -> None:
         # The stream was dropped (never iterated, or abandoned): a generator that never started runs no cleanup.
-        try:
+        try:  # noqa: SIM105 - not contextlib.suppress: that is three more calls for every stream
             self.finish()
         except Exception:  # nothing may escape a finalizer; finish() reports its own errors
             pass
 
 
-def _take_ahead(watch: ChatStreamWatch, ahead: Any) -> Any:
-    """Record the usage of an event read ahead; ``_HIDDEN`` when it was our usage-only chunk, else the event."""
-    if ahead is _END or isinstance(ahead, BaseException):
-        return ahead
-    data = ahead._data
-    if _carries_usage(data) and watch.usage_chunk(data):
-        return _HIDDEN
-    return ahead
-
-
-def _plain(data: str) -> bool:
-    # A chunk that finishes no choice: the per-chunk test, one substring search for the API's compact JSON. Usage is
-    # read from the chunks that finish a choice, the usage-only chunk (no choices) and [DONE]; a server that also
-    # reports running usage on content chunks (vLLM's continuous usage stats) repeats the total on the last one.
-    return '"finish_reason":null' in data or '"finish_reason": null' in data
-
-
-# What to do with an event that is not a plain content chunk (see _classify).
-_PASS, _HIDE, _AHEAD = "pass", "hide", "ahead"
-
-
-def _classify(watch: ChatStreamWatch, data: str) -> str:
-    """``[DONE]`` ends the call; our usage-only chunk is hidden; after a chunk that finishes a choice, read ahead."""
-    if data.startswith("[DONE]"):
-        watch.finish()  # the SDK stops reading here
-    elif _carries_usage(data) and watch.usage_chunk(data) and watch.hide:
-        return _HIDE  # ours: the caller never sees it
-    elif watch.hide and watch.usage is None and _finishes_a_choice(data):
-        # The caller may stop at this chunk: read one ahead (the usage chunk follows the last one) and record it
-        # before handing this chunk on, since the caller may never come back.
-        return _AHEAD
-    return _PASS
-
-
-def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
+def _watch_sync(watch: ChatStreamWatch, reads: Iterator[bytes]) -> Iterator[bytes]:
+    held = b""  # an incomplete last event, waiting for the rest of its bytes
     try:
-        for sse in events:
-            data = sse._data  # the field behind the .data property (see HAS_SSE_SEAM)
-            if '"finish_reason":null' in data or '"finish_reason": null' in data:  # _plain(), inlined: every chunk
-                yield sse
+        for read in reads:
+            data = held + read if held else read
+            whole = _whole_events(data)
+            if not whole:
+                held = data
                 continue
-            while True:
-                action = _classify(watch, data)
-                if action is not _AHEAD:
-                    if action is _PASS:
-                        yield sse
-                    break
+            block, held = watch.scan(data[:whole]), data[whole:]
+            error: Exception | None = None
+            latest = block  # read on until one more whole event, before the caller gets these (again if it finishes)
+            while watch.wants_more(latest):
                 try:
-                    ahead = _take_ahead(watch, next(events, _END))
-                except Exception as exc:  # raised after this chunk, as the SDK would have raised it then
-                    ahead = exc
-                yield sse
-                if isinstance(ahead, BaseException):
-                    raise ahead
-                if ahead is _END or ahead is _HIDDEN:
+                    read = next(reads)
+                except StopIteration:
                     break
-                sse, data = ahead, ahead._data
-                if _plain(data):
-                    yield sse
+                except Exception as exc:  # raised after these bytes, as the SDK would have met it then
+                    error = exc
                     break
+                held += read
+                whole = _whole_events(held)
+                if whole:
+                    latest, held = watch.scan(held[:whole]), held[whole:]
+                    block += latest
+            if block:
+                yield block
+            if error is not None:
+                raise error
+        if held:
+            yield watch.scan(held)  # a last event with no blank line after it: the SDK's decoder decides
     except GeneratorExit:
         watch.finish()  # abandoned: whatever usage already arrived is what the provider billed
         raise
@@ -204,35 +206,38 @@ def _watch_sync(watch: ChatStreamWatch, events: Iterator[Any]) -> Iterator[Any]:
     watch.finish()  # the body ended without [DONE]
 
 
-async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _watch_async(watch: ChatStreamWatch, reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     # The async twin of _watch_sync: only the reads differ.
+    held = b""
     try:
-        async for sse in events:
-            data = sse._data  # the field behind the .data property (see HAS_SSE_SEAM)
-            if '"finish_reason":null' in data or '"finish_reason": null' in data:
-                yield sse
+        async for read in reads:
+            data = held + read if held else read
+            whole = _whole_events(data)
+            if not whole:
+                held = data
                 continue
-            while True:
-                action = _classify(watch, data)
-                if action is not _AHEAD:
-                    if action is _PASS:
-                        yield sse
-                    break
+            block, held = watch.scan(data[:whole]), data[whole:]
+            error: Exception | None = None
+            latest = block
+            while watch.wants_more(latest):
                 try:
-                    ahead = _take_ahead(watch, await events.__anext__())
+                    read = await reads.__anext__()
                 except StopAsyncIteration:
-                    ahead = _END
+                    break
                 except Exception as exc:
-                    ahead = exc
-                yield sse
-                if isinstance(ahead, BaseException):
-                    raise ahead
-                if ahead is _END or ahead is _HIDDEN:
+                    error = exc
                     break
-                sse, data = ahead, ahead._data
-                if _plain(data):
-                    yield sse
-                    break
+                held += read
+                whole = _whole_events(held)
+                if whole:
+                    latest, held = watch.scan(held[:whole]), held[whole:]
+                    block += latest
+            if block:
+                yield block
+            if error is not None:
+                raise error
+        if held:
+            yield watch.scan(held)
     except GeneratorExit:
         watch.finish()
         raise
@@ -243,14 +248,16 @@ async def _watch_async(watch: ChatStreamWatch, events: AsyncIterator[Any]) -> As
 
 
 def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_async: bool) -> bool:
-    """Put the watcher between ``stream``'s SSE decoder and the SDK; False when this SDK's stream has no such seam."""
-    original = getattr(stream, "_iter_events", None)
+    """Put the watcher between ``stream``'s body and its SSE decoder; False when this stream has no such seam."""
+    response = getattr(stream, "response", None)
+    name = "aiter_bytes" if is_async else "iter_bytes"
+    original = getattr(response, name, None)
     if original is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
         return False
     watch = ChatStreamWatch(call, call_site, hide)
     if is_async:
-        stream._iter_events = lambda: _watch_async(watch, original())
+        setattr(response, name, lambda *args, **kwargs: _watch_async(watch, original(*args, **kwargs).__aiter__()))
     else:
-        stream._iter_events = lambda: _watch_sync(watch, original())
+        setattr(response, name, lambda *args, **kwargs: _watch_sync(watch, iter(original(*args, **kwargs))))
     setattr(stream, WATCH_ATTRIBUTE, watch)
     return True
