@@ -48,14 +48,20 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # A choice's finish_reason set (a string; null on every other chunk).
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _DONE = b"data: [DONE]"
-# SSE ends an event with a blank line; lines end with CRLF, LF or CR.
+# SSE ends an event with a blank line; lines end with CRLF, LF or CR. A separator that does not occur costs a full
+# backward scan of the read, so bytes without a CR (OpenAI's, and most servers') are split on LF alone.
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_LF_ONLY = (b"\n\n",)
+
+
+def _separators(data: bytes) -> tuple[bytes, ...]:
+    return _SEPARATORS if b"\r" in data else _LF_ONLY  # one memchr
 
 
 def _whole_events(data: bytes) -> int:
     """Length of the leading part of ``data`` made of whole events (0: not one is complete yet)."""
     end = 0
-    for separator in _SEPARATORS:
+    for separator in _separators(data):
         at = data.rfind(separator)
         if at >= 0 and at + len(separator) > end:
             end = at + len(separator)
@@ -66,7 +72,7 @@ def _event_bounds(block: bytes, start: int, stop: int) -> tuple[int, int]:
     """The event of ``block`` (whole events) that holds ``block[start:stop]``: from after the previous blank line
     to after the next one."""
     begin, end = 0, len(block)
-    for separator in _SEPARATORS:
+    for separator in _separators(block):
         before = block.rfind(separator, 0, start)
         if before >= 0 and before + len(separator) > begin:
             begin = before + len(separator)
