@@ -2,7 +2,7 @@
 
 Raw responses (``with_raw_response`` / ``with_streaming_response``) get a ``parse()`` hook on the instance, so the
 ``parse()`` the SDK runs inside every normal call stays the SDK's own. Chat streams are watched where the SDK reads
-server-sent events (``_sse``); Responses streams go through the core's stream proxy.
+the body's bytes (``_sse``); Responses streams go through the core's stream proxy.
 
 Why the chokepoint: every OpenAI resource method — ``create``, the ``.parse()`` helpers (which bypass ``create`` and
 call ``_post`` directly), the ``.stream()`` helpers, ``with_raw_response`` and ``with_streaming_response`` — ends in
@@ -244,7 +244,7 @@ class _Wrappers:
         if operation == "chat.completions":
             if not install_watch(stream, call, site, hide=hide_usage_chunk, is_async=is_async):
                 call.finish(None, call_site=site)  # no SSE seam (never in the supported range): counted, not guessed
-            return stream  # the SDK's own stream: watched where it reads events (see _sse), nothing per chunk
+            return stream  # the SDK's own stream: watched in the bytes it decodes (see _sse), nothing per chunk
         if operation != "responses":
             return stream  # no streaming variant of this endpoint exists; leave it untouched
         state = ResponsesStreamState(call, site)

@@ -2,7 +2,7 @@
 
 The finalize-once machinery (exhaustion, ``close()``, ``with`` exit, errors, garbage collection) is the core's
 :class:`SyncStreamProxy` / :class:`AsyncStreamProxy`; this module adds the per-stream state that takes usage, model,
-id and tier from the terminal event (``on_chunk`` / ``on_end`` hooks). Chat streams are watched at the SSE seam
+id and tier from the terminal event (``on_chunk`` / ``on_end`` hooks). Chat streams are watched in the body's bytes
 instead (``_sse``).
 """
 
