@@ -65,3 +65,17 @@ def test_pool_delivers_one_event_per_task(fake: Any, mp_tasks: ModuleType, metho
     assert os.getpid() not in pids
     assert fake.keys() == {f"mp-{n}-cost.task" for n in range(TASKS)}
     assert fake.duplicates == 0
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_the_exit_finalizers_does_not_cut_delivery(fake: Any, mp_tasks: ModuleType) -> None:
+    # Pool.terminate() sends the exit sentinels and SIGTERM at once, so a worker can be signalled while multiprocessing
+    # runs its exit finalizers, before ours has ignored SIGTERM; raising SystemExit there skipped ours and lost events.
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork start method on this platform")
+    process = multiprocessing.get_context("fork").Process(target=mp_tasks.exit_with_sigterm_during_shutdown, args=(6,))
+    process.start()
+    process.join(30)
+    assert process.exitcode == 0
+    assert fake.keys() == {f"mp-{n}-cost.task" for n in range(6)}
+    assert fake.duplicates == 0

@@ -171,6 +171,10 @@ def __getattr__(name: str) -> Any:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if getattr(multiprocessing.util, "_exiting", False):
+        # Already on multiprocessing's exit path (Pool.terminate() signals a worker that has just taken its exit
+        # sentinel): raising here would skip the finalizers still to run, ours among them, and lose what is pending.
+        return
     raise SystemExit(128 + signum)  # unwinds to multiprocessing's exit path, which runs the finalizers
 
 
@@ -196,8 +200,9 @@ def init_worker_process() -> None:
     ``with Pool(...)`` on exit) ends every worker with ``SIGTERM``, with any start method. This registers
     :func:`paygentic_costs.shutdown` as a multiprocessing finalizer of the child (it runs when the child exits
     normally: ``close()`` / ``join()``, ``maxtasksperchild``) and, if the child still has the default ``SIGTERM``
-    disposition, turns ``SIGTERM`` into a normal exit so the finalizer runs then too. While the finalizer delivers
-    (at most ``shutdown_timeout`` seconds) further ``SIGTERM`` signals are ignored.
+    disposition, turns ``SIGTERM`` into a normal exit so the finalizer runs then too. Once the child is exiting
+    (multiprocessing's exit finalizers have started) further ``SIGTERM`` signals are ignored, so the finalizer
+    delivers (at most ``shutdown_timeout`` seconds) even when the signal lands mid-exit.
 
     Call it at the start of the child: ``Pool(initializer=paygentic_costs.workers.init_worker_process)``, or from
     your own initializer, or first thing in a ``Process`` target. The ``SIGTERM`` part needs the child's main thread.
