@@ -175,8 +175,7 @@ class _Wrappers:
         self._pending: weakref.WeakKeyDictionary[Any, _Pending] = weakref.WeakKeyDictionary()
 
     # -- the chokepoint ---------------------------------------------------------------------------------------------
-    # Every SDK call runs through here, so the common path is written out: try/except instead of `with guard(...)`
-    # (no call until something fails), the chat result finished inline.
+    # Every SDK call runs through here: try/except instead of `with guard(...)` (no call until something fails).
 
     def request(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``SyncAPIClient.request``: opens the call, sends, then finishes it (or hands it to a stream/raw response)."""
@@ -191,15 +190,7 @@ class _Wrappers:
         assert prepared is not None
         with call:  # marks the call active (no double count below us); an SDK error fails it and propagates as is
             result = wrapped(*prepared.args, **prepared.kwargs)
-        try:
-            kind = _KINDS.get(type(result)) or _kind(result)
-            if kind is _CHAT and prepared.operation == "chat.completions":
-                _finish_chat(call, result)
-                return result
-            return self._after(prepared, call, result, kind)
-        except Exception as exc:
-            _FINISH_GUARDS[prepared.operation].report(exc)
-            return result
+        return self._after(prepared, call, result)
 
     async def arequest(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -216,24 +207,23 @@ class _Wrappers:
         assert prepared is not None
         with call:
             result = await wrapped(*prepared.args, **prepared.kwargs)
+        return self._after(prepared, call, result)
+
+    def _after(self, prepared: _Prepared, call: CallHandle, result: Any) -> Any:
+        """Finish the call from the SDK's result, or hand it to the stream / raw response that will; returns what
+        the caller gets (the result itself, or a Responses stream's proxy)."""
         try:
             kind = _KINDS.get(type(result)) or _kind(result)
             if kind is _CHAT and prepared.operation == "chat.completions":
-                _finish_chat(call, result)
-                return result
-            return self._after(prepared, call, result, kind)
+                _finish_chat(call, result)  # the common case first
+            elif kind is _RAW:
+                self._hold_raw(prepared, call, result)
+            elif kind is _STREAM:
+                return self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
+            else:
+                _finish_result(prepared.operation, call, result)
         except Exception as exc:
             _FINISH_GUARDS[prepared.operation].report(exc)
-            return result
-
-    def _after(self, prepared: _Prepared, call: CallHandle, result: Any, kind: str) -> Any:
-        """Any result but a plain chat completion: a raw response, a stream, or another endpoint's result."""
-        if kind is _RAW:
-            self._hold_raw(prepared, call, result)
-        elif kind is _STREAM:
-            return self._proxy_stream(prepared.operation, call, result, prepared.hide_usage_chunk)
-        else:
-            _finish_result(prepared.operation, call, result)
         return result
 
     # -- streams ----------------------------------------------------------------------------------------------------

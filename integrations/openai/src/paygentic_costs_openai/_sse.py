@@ -95,17 +95,30 @@ def _event_json(event: bytes) -> Any:
 class ChatStreamWatch:
     """What one chat stream reported, and its call. Finishes the call at most once, whichever path ends it."""
 
-    __slots__ = ("call", "call_site", "ended", "hide", "model", "request_id", "service_tier", "usage")
+    __slots__ = ("call", "call_site", "ended", "held", "hide", "model", "request_id", "service_tier", "usage")
 
     def __init__(self, call: CallHandle, call_site: str, hide: bool) -> None:
         self.call = call
         self.call_site = call_site
         self.ended = False  # finish() ran: the usage event, [DONE], the end of the body, close() and collection call it
         self.hide = hide  # the usage-only event is ours (we added include_usage): the SDK never sees it
+        self.held = b""  # an incomplete last event, waiting for the rest of its bytes
         self.usage: Mapping[str, Any] | None = None
         self.model: str | None = None
         self.request_id: str | None = None
         self.service_tier: str | None = None
+
+    def take(self, read: bytes) -> bytes:
+        """The whole events that ``read`` completes, scanned (empty while the last one is still incomplete)."""
+        data = self.held + read if self.held else read
+        whole = _whole_events(data)
+        self.held = data[whole:]
+        return self.scan(data[:whole]) if whole else b""
+
+    def rest(self) -> bytes:
+        """At the end of the body: a last event with no blank line after it, scanned (the SDK's decoder decides)."""
+        held, self.held = self.held, b""
+        return self.scan(held) if held else b""
 
     def scan(self, block: bytes) -> bytes:
         """Read the usage in ``block`` (whole events); return it without our usage-only event."""
@@ -173,84 +186,60 @@ class ChatStreamWatch:
 
 
 def _watch_sync(watch: ChatStreamWatch, reads: Iterator[bytes]) -> Iterator[bytes]:
-    held = b""  # an incomplete last event, waiting for the rest of its bytes
     try:
         for read in reads:
-            data = held + read if held else read
-            whole = _whole_events(data)
-            if not whole:
-                held = data
-                continue
-            block, held = watch.scan(data[:whole]), data[whole:]
+            block = latest = watch.take(read)
             error: Exception | None = None
-            latest = block  # read on until one more whole event, before the caller gets these (again if it finishes)
-            while watch.wants_more(latest):
-                try:
-                    read = next(reads)
+            while block and watch.wants_more(latest):  # read on until one more whole event, before the caller gets
+                try:  # these bytes (and again if that event finishes a choice too)
+                    more = watch.take(next(reads))
                 except StopIteration:
                     break
                 except Exception as exc:  # raised after these bytes, as the SDK would have met it then
                     error = exc
                     break
-                held += read
-                whole = _whole_events(held)
-                if whole:
-                    latest, held = watch.scan(held[:whole]), held[whole:]
-                    block += latest
+                if more:
+                    latest = more
+                    block += more
             if block:
                 yield block
             if error is not None:
                 raise error
-        if held:
-            yield watch.scan(held)  # a last event with no blank line after it: the SDK's decoder decides
-    except GeneratorExit:
-        watch.finish()  # abandoned: whatever usage already arrived is what the provider billed
-        raise
-    except BaseException:
+        rest = watch.rest()
+        if rest:
+            yield rest
+    finally:
+        # The end of the body (with or without [DONE]), an error, or abandonment (GeneratorExit): whatever usage
+        # already arrived is what the provider billed. finish() runs once, whichever comes first.
         watch.finish()
-        raise
-    watch.finish()  # the body ended without [DONE]
 
 
 async def _watch_async(watch: ChatStreamWatch, reads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     # The async twin of _watch_sync: only the reads differ.
-    held = b""
     try:
         async for read in reads:
-            data = held + read if held else read
-            whole = _whole_events(data)
-            if not whole:
-                held = data
-                continue
-            block, held = watch.scan(data[:whole]), data[whole:]
+            block = latest = watch.take(read)
             error: Exception | None = None
-            latest = block
-            while watch.wants_more(latest):
+            while block and watch.wants_more(latest):
                 try:
-                    read = await reads.__anext__()
+                    more = watch.take(await reads.__anext__())
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
                     error = exc
                     break
-                held += read
-                whole = _whole_events(held)
-                if whole:
-                    latest, held = watch.scan(held[:whole]), held[whole:]
-                    block += latest
+                if more:
+                    latest = more
+                    block += more
             if block:
                 yield block
             if error is not None:
                 raise error
-        if held:
-            yield watch.scan(held)
-    except GeneratorExit:
+        rest = watch.rest()
+        if rest:
+            yield rest
+    finally:
         watch.finish()
-        raise
-    except BaseException:
-        watch.finish()
-        raise
-    watch.finish()
 
 
 def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_async: bool) -> bool:
