@@ -576,20 +576,7 @@ class CallHandle:
         The event is priced and built off the caller's thread (see ``paygentic_costs._recorder``); ``flush()`` and
         ``stats()`` see it, and a test capture receives it before ``finish`` returns.
         """
-        try:
-            if not self._claim_token.pop():
-                return
-        except IndexError:
-            return  # already finished, failed or finalized
-        try:
-            if usage is None or (usage.input_tokens is None and usage.output_tokens is None and usage.is_empty):
-                self.recorder.missing_usage(self, call_site)
-                return
-            self.recorder.defer(self, usage, None, model, request_id, service_tier, batch, dimensions)
-        except UnattributedCostError:
-            raise  # strict mode is the user's explicit choice to fail loudly
-        except Exception as exc:
-            report_internal_error(exc, f"{self.provider}.{self.operation}.finish")
+        self._settle(usage, None, model, request_id, service_tier, batch, dimensions, call_site)
 
     def finish_from(
         self,
@@ -609,13 +596,33 @@ class CallHandle:
         SDK), not something the caller reuses. ``read`` returning None or an empty ``Usage`` counts ``usage_missing``.
         Never raises (a ``read`` that raises is reported as an internal error).
         """
+        self._settle(source, read, model, request_id, service_tier, batch, dimensions, None)
+
+    def _settle(
+        self,
+        usage: Any,
+        read: Callable[[Any], Usage | None] | None,
+        model: str | None,
+        request_id: str | None,
+        service_tier: str | None,
+        batch: bool,
+        dimensions: Mapping[str, Any] | None,
+        call_site: str | None,
+    ) -> None:
+        """``finish`` / ``finish_from``: claim the call, then hand it to the recorder (``read`` None: ``usage`` is a
+        ``Usage`` already, and no usage counts ``usage_missing`` now)."""
         try:
-            if not self._claim_token.pop():
+            if not self._claim_token.pop():  # inlined _claim(): this runs on every call
                 return
         except IndexError:
-            return
+            return  # already finished, failed or finalized
         try:
-            self.recorder.defer(self, source, read, model, request_id, service_tier, batch, dimensions)
+            if read is None and (
+                usage is None or (usage.input_tokens is None and usage.output_tokens is None and usage.is_empty)
+            ):
+                self.recorder.missing_usage(self, call_site)
+                return
+            self.recorder.defer(self, usage, read, model, request_id, service_tier, batch, dimensions)
         except UnattributedCostError:
             raise  # strict mode is the user's explicit choice to fail loudly
         except Exception as exc:

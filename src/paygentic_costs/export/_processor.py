@@ -337,7 +337,7 @@ class DeliveryPipeline:
         """Wake the spool writer when it is idle or has a full group; with ``durability="sync"``, wait for it."""
         store: Any = self._store
         if self._sync:
-            if threading.current_thread() is store._thread:
+            if store.on_writer_thread():
                 return  # e.g. recorded from a callback on the writer itself: waiting would deadlock
             store.nudge(urgent=True)
             deadline = time.monotonic() + _SYNC_WAIT
@@ -375,7 +375,7 @@ class DeliveryPipeline:
             return
         if now - oldest_at < store.pressure_age or now < self._pressure_off_until:
             return
-        if threading.current_thread() is store._thread or not store.writer_alive():
+        if store.on_writer_thread() or not store.writer_alive():
             return  # the writer cannot be waited for from itself, nor when it is not running
         store.nudge(urgent=True)
         deadline = now + _PRESSURE_WAIT

@@ -191,6 +191,10 @@ class SpoolStore:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
+    def on_writer_thread(self) -> bool:
+        """The caller is the writer thread itself (waiting for the writer from there would deadlock)."""
+        return self._thread is threading.current_thread()
+
     def nudge(self, urgent: bool = False) -> None:
         """Wake the writer; ``urgent`` skips the group-commit linger."""
         if urgent:
@@ -199,7 +203,7 @@ class SpoolStore:
 
     def commit_now(self, timeout: float) -> bool:
         """Have everything accepted so far committed (or run memory-only) within ``timeout``; True if done."""
-        if not self.writer_alive() or self._thread is threading.current_thread():
+        if not self.writer_alive() or self.on_writer_thread():
             self.turn_inline()
             return True
         deadline = time.monotonic() + max(0.0, timeout)
