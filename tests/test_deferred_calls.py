@@ -68,6 +68,32 @@ def test_the_worker_delivers_a_finished_call_without_flush(direct: Direct) -> No
     assert event.amount == Decimal(2) and event.data["request_id"] == "r1"
 
 
+def test_calls_after_a_drain_and_after_a_quiet_spell_are_delivered_without_flush(direct: Direct) -> None:
+    # Right after a drain the worker wakes one linger later by itself (arming does not wake it); once a wake finds
+    # nothing armed it sleeps long again, and arming must wake it. Each call here lands in one of those states; a
+    # missed wake would leave it waiting for the worker's idle timeout.
+    from paygentic_costs.export._processor import _IDLE_WAIT
+
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+
+    def delivered_soon(count: int) -> bool:
+        deadline = time.monotonic() + _IDLE_WAIT / 2
+        while len(exporter.events) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return len(exporter.events) >= count
+
+    with pc.customer("cus_1"):
+        _finish(direct, 10, "r1")
+        assert delivered_soon(1)
+        _finish(direct, 10, "r2")  # the worker is ticking: nobody wakes it
+        assert delivered_soon(2)
+        time.sleep(0.3)  # a tick with nothing armed: the worker is back in its long sleep
+        _finish(direct, 10, "r3")
+        assert delivered_soon(3)
+    assert [event.data["request_id"] for event in exporter.events] == ["r1", "r2", "r3"]
+
+
 def test_stats_and_flush_see_every_call_and_keys_follow_the_finish_order(direct: Direct) -> None:
     exporter = InMemoryExporter()
     pc.configure(exporter=exporter, rates=RATES)

@@ -94,10 +94,10 @@ def test_only_the_usage_chunk_is_usage_only() -> None:
     events = [e + b"\n\n" for e in body.split(b"\n\n") if e.startswith(b"data: {")]
     watch = ChatStreamWatch(SimpleNamespace(), "site", hide=True)  # type: ignore[arg-type]  # reading only
     watch.ended = True  # nothing is finished here
-    assert [watch.read_usage(e) for e in events] == [False] * (len(events) - 1) + [True]
+    assert [watch.read_usage(e) for e in events] == [None] * (len(events) - 1) + [True]
     assert watch.scan(body) == body.replace(events[-1], b"") and watch.usage is not None
     expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
     usage_json = json.loads(events[-1][6:])["usage"]
     assert chat_usage(watch.usage) == chat_usage(usage_json) == expected  # the JSON the watcher reads
     assert chat_usage(ChatCompletionChunk.model_validate(json.loads(events[-1][6:])).usage) == expected
-    assert not watch.read_usage(b'data: {"choices": [], "usage": null}\n\n')
+    assert watch.read_usage(b'data: {"choices": [], "usage": null}\n\n') is None

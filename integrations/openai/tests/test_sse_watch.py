@@ -124,6 +124,55 @@ def test_usage_on_a_content_chunk_passes_through_and_is_billed(costs: Capture, c
     assert [e.amount for e in costs.events] == [AMOUNT]
 
 
+def _with_extra_tokens_key(chunk: bytes) -> bytes:
+    """``chunk`` with a server's extra field holding a ``*_tokens`` key outside any usage object."""
+    return chunk.replace(b'"choices"', b'"request": {"max_tokens": 7}, "choices"', 1)
+
+
+@pytest.mark.parametrize("read_size", [None, 0, 64])
+@pytest.mark.parametrize("compact", [True, False])
+def test_running_usage_on_content_chunks_bills_the_usage_chunk_once(
+    costs: Capture, compact: bool, read_size: int | None
+) -> None:
+    # Servers with continuous usage stats repeat running totals on every chunk, then send the usage-only chunk that
+    # include_usage asks for: that one is the bill, and stays hidden, whatever the reads hold.
+    def running(completion: int) -> dict[str, Any]:
+        return {"prompt_tokens": 1000, "completion_tokens": completion, "total_tokens": 1000 + completion}
+
+    def body(asked: bool) -> bytes:
+        return (_chunk([_choice(0, "a")], running(40), compact=compact)
+                + _chunk([_choice(0, "b", "stop")], running(90), compact=compact)
+                + (_chunk([], USAGE, compact=compact) if asked else b"") + b"data: [DONE]\n\n")
+
+    expected = _bare_view(body)
+    with pc.customer("cus_1"):
+        chunks = [c.model_dump() for c in _sdk(body, read_size).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True)]
+    assert chunks == expected and all(chunk["choices"] for chunk in chunks)
+    assert [e.amount for e in costs.events] == [AMOUNT]  # USAGE's 1000 + 100, not a running total
+
+
+@pytest.mark.parametrize("read_size", [None, 0])
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_last_usage_is_billed_past_a_later_tokens_key_outside_usage(
+    costs: Capture, compact: bool, read_size: int | None
+) -> None:
+    # No usage-only chunk (include_usage ignored): running totals, then a chunk whose only *_tokens key is a server's
+    # extra field. The watcher searches from the end; that key is not usage, so it looks further back.
+    def body(asked: bool) -> bytes:
+        return (_chunk([_choice(0, "a")], {**USAGE, "completion_tokens": 10}, compact=compact)
+                + _chunk([_choice(0, "b")], USAGE, compact=compact)
+                + _with_extra_tokens_key(_chunk([_choice(0, None, "stop")], None, compact=compact))
+                + b"data: [DONE]\n\n")
+
+    expected = _bare_view(body)
+    with pc.customer("cus_1"):
+        chunks = [c.model_dump() for c in _sdk(body, read_size).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True)]
+    assert chunks == expected
+    assert [e.amount for e in costs.events] == [AMOUNT]
+
+
 def test_caller_asked_usage_sees_it_and_it_is_billed_once(costs: Capture) -> None:
     def body(asked: bool) -> bytes:
         return (_chunk([_choice(0, "a", "stop")], None, compact=False)

@@ -45,6 +45,8 @@ _PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that i
 # How long the worker lets deferred provider calls gather before pricing them in one batch (flush(), stats() and
 # shutdown() drain at once). One wake per window instead of one per call keeps the worker off the caller's GIL.
 _DEFER_LINGER = 0.05
+# After a drain the worker wakes again one linger later by itself, so under steady traffic the calls that arm the
+# next window need not wake it: one wake per window instead of two. A tick that finds nothing armed sleeps long again.
 
 class Feeder(Protocol):
     """Events-to-be held outside the pipeline (the recorder's deferred provider calls)."""
@@ -203,6 +205,8 @@ class DeliveryPipeline:
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
         self._wake = threading.Event()
         self._armed_at: float | None = None  # monotonic; deferred calls wait to be drained (see arm_deferred)
+        self._tick_until = 0.0  # monotonic; until then the worker wakes every linger without being asked
+        self._wake_on_arm = True  # the worker sleeps past the next linger: arming must wake it
         self._fork_locked = False
         self._fork_store_lock: Any = None
         self._incoming: deque[Entry] = deque()  # the hot path's queue
@@ -318,7 +322,8 @@ class DeliveryPipeline:
                 self._start_worker()
             if self._armed_at is None:
                 self._armed_at = time.monotonic()
-            self._wake.set()
+            if self._wake_on_arm:  # read after _armed_at is set: the worker writes the two the other way round
+                self._wake.set()
             return self._worker_alive()
         except Exception as exc:
             report_internal_error(exc, "export.arm_deferred")
@@ -326,6 +331,7 @@ class DeliveryPipeline:
 
     def _drain_feeder(self) -> None:
         self._armed_at = None  # before draining: a call deferred from now on arms again
+        self._tick_until = time.monotonic() + _DEFER_LINGER * 1.5  # traffic: wake again one linger from now
         feeder = self._feeder
         if feeder is not None:
             try:
@@ -466,6 +472,12 @@ class DeliveryPipeline:
                 wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
+                    if threading.current_thread() is self._worker:
+                        if now < self._tick_until:
+                            limit = min(limit, _DEFER_LINGER)
+                        # Written before _armed_at is read (arm_deferred does the reverse): a call armed meanwhile
+                        # either is seen here or sees that it must wake us.
+                        self._wake_on_arm = limit > _DEFER_LINGER
                     armed = self._armed_at
                     if armed is not None:
                         limit = min(limit, armed + _DEFER_LINGER - now)

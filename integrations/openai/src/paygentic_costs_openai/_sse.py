@@ -24,7 +24,6 @@ those bytes, where the SDK would have met it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -42,12 +41,15 @@ WATCH_ATTRIBUTE = "_paygentic_costs_watch"
 HAS_SSE_SEAM = hasattr(Stream, "_iter_events") and hasattr(AsyncStream, "_iter_events")
 _GUARD = guard("openai.chat.stream")
 
-# A usage object (not ``"usage": null``, which every chunk of a usage stream carries). A JSON string cannot contain
-# an unescaped quote, so this never matches text inside the model's output.
-_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-# A choice's finish_reason set (a string; null on every other chunk).
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+# What a usage object holds and no other part of a chunk does: a ``*_tokens`` key (``"usage": null``, which every
+# chunk of a usage stream carries, has none). A JSON string cannot contain an unescaped quote, so this never matches
+# the model's output. A plain ``bytes`` search, not a regex: about three times faster per byte, and it runs on every
+# byte of every stream.
+_TOKENS_KEY = b'_tokens"'
+# A choice's finish_reason set: a string (null on every other chunk); compact JSON (OpenAI's) or with spaces.
+_FINISHES = (b'"finish_reason":"', b'"finish_reason": "')
 _DONE = b"data: [DONE]"
+_DONE_TAIL = len(_DONE) + 8  # [DONE] is the last event: only its bytes and their separator can follow it
 # SSE ends an event with a blank line; lines end with CRLF, LF or CR. A separator that does not occur costs a full
 # backward scan of the read, so bytes without a CR (OpenAI's, and most servers') are split on LF alone.
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -122,25 +124,29 @@ class ChatStreamWatch:
 
     def scan(self, block: bytes) -> bytes:
         """Read the usage in ``block`` (whole events); return it without our usage-only event."""
-        match = _USAGE.search(block)
+        # From the end: usage is reported last (OpenAI's usage-only event comes right before [DONE]), and a server
+        # that repeats it on content chunks repeats running totals, so the last usage object in the block is the one
+        # to keep; the search stops there instead of running through the whole read.
+        at = block.rfind(_TOKENS_KEY)
         usage_only = False
-        while match is not None:
-            begin, end = _event_bounds(block, match.start(), match.end())
-            if self.read_usage(block[begin:end]):
-                usage_only = True
-                if self.hide:
+        while at >= 0:
+            begin, end = _event_bounds(block, at, at)
+            found = self.read_usage(block[begin:end])
+            if found is not None:
+                usage_only = found
+                if found and self.hide:
                     block = block[:begin] + block[end:]
-                    end = begin
-            match = _USAGE.search(block, end)
-        if usage_only or _DONE in block:
+                break
+            at = block.rfind(_TOKENS_KEY, 0, begin)  # a *_tokens key outside a usage object: look further back
+        if usage_only or block.find(_DONE, max(0, len(block) - _DONE_TAIL)) >= 0:
             # The usage-only event is the last one with data: the call ends here, so a caller that stopped reading
             # (an async loop left with `break` is closed only later, by the event loop) is billed now.
             self.finish()
         return block
 
-    def read_usage(self, event: bytes) -> bool:
-        """Record the usage in ``event``; True when it is the usage-only event (``"choices": []``)."""
-        usage_only = False
+    def read_usage(self, event: bytes) -> bool | None:
+        """Record the usage in ``event``: None when it has none, else whether it is the usage-only event
+        (``"choices": []``)."""
         with _GUARD:
             chunk = _event_json(event)
             if isinstance(chunk, dict) and isinstance(chunk.get("usage"), Mapping):
@@ -152,12 +158,15 @@ class ChatStreamWatch:
                     self.model = model  # the usage chunk repeats it: the served snapshot is what the price must use
                 if isinstance(tier, str) and tier:
                     self.service_tier = tier
-                usage_only = chunk.get("choices") == []
-        return usage_only
+                return chunk.get("choices") == []
+        return None
 
     def wants_more(self, block: bytes) -> bool:
         """``block`` (the bytes read last) finishes a choice and no usage came yet: the caller may stop after it."""
-        return self.hide and self.usage is None and not self.ended and _FINISH.search(block) is not None
+        return (
+            self.hide and self.usage is None and not self.ended
+            and (_FINISHES[0] in block or _FINISHES[1] in block)
+        )
 
     def finish(self) -> None:
         """End the call with the usage seen so far (none: the core counts ``usage_missing`` naming the call site)."""
