@@ -59,24 +59,30 @@ _OWN_MODULES = ("openai.", "paygentic_costs.", "paygentic_costs_openai.", "wrapt
 _OWN_EXACT = frozenset({"openai", "paygentic_costs", "paygentic_costs_openai", "wrapt", "contextlib", "functools"})
 
 
-# code object -> True when it belongs to the SDK or to us; bounded by the code that ever calls the SDK.
-_OWN_CODE: dict[Any, bool] = {}
+# Code objects of frames that belong to the SDK or to us, and of the user's call sites; bounded by the code that ever
+# calls the SDK. Sets, so the walk over the SDK's frames is a membership test per frame.
+_OWN_CODES: set[Any] = set()
+_USER_CODES: set[Any] = set()
 
 
 def _call_site(operation: str, what: str) -> str:
     frame = sys._getframe(1)
+    own_codes = _OWN_CODES
     while frame is not None:
         code = frame.f_code
-        own = _OWN_CODE.get(code)
-        if own is None:
+        if code not in own_codes:
+            if code in _USER_CODES:
+                break
             module = frame.f_globals.get("__name__", "")
             own = module in _OWN_EXACT or module.startswith(_OWN_MODULES)
-            if len(_OWN_CODE) < 10_000:
-                _OWN_CODE[code] = own
-        if not own:
-            return f"openai {operation} {what} at {code.co_filename}:{frame.f_lineno}"
+            if len(own_codes) + len(_USER_CODES) < 10_000:
+                (own_codes if own else _USER_CODES).add(code)
+            if not own:
+                break
         frame = frame.f_back  # type: ignore[assignment]
-    return f"openai {operation} {what}"
+    if frame is None:
+        return f"openai {operation} {what}"
+    return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
 
 
 # Guards are stateless: one per place, built once rather than per call.
@@ -138,7 +144,10 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         return  # not a shape we understand: send exactly what the caller built
     if stream_options is not None and stream_options.get("include_usage") is True:
         return  # the caller asked for usage and sees the usage chunk as usual
-    extended = copy.copy(options)  # never mutate the SDK's options: its retry loop copies them per attempt
+    # Never mutate the SDK's options: its retry loop copies them per attempt. ``__copy__`` is what copy.copy would
+    # call for this class (pydantic defines it), without copy.copy's dispatch.
+    copier = getattr(type(options), "__copy__", None)
+    extended = copier(options) if copier is not None else copy.copy(options)
     extended.json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
     if len(prepared.args) > 1:
         prepared.args = (prepared.args[0], extended, *prepared.args[2:])

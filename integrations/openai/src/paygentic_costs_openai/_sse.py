@@ -86,12 +86,16 @@ def _event_bounds(block: bytes, start: int, stop: int) -> tuple[int, int]:
 
 def _event_json(event: bytes) -> Any:
     """The JSON of one event's ``data:`` lines (joined with newlines, as the SSE format says)."""
+    if event.startswith(b"data: ") and event.find(b"\n", 0, -2) < 0 and b"\r" not in event:
+        # One data line (every OpenAI event): the separator is JSON whitespace. SSE is UTF-8 (the SDK decodes it so
+        # too); decoding here skips json's encoding detection.
+        return json.loads(event[6:].decode())
     lines = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
             value = line[5:]
             lines.append(value[1:] if value.startswith(b" ") else value)
-    return json.loads(b"\n".join(lines))
+    return json.loads(b"\n".join(lines).decode())
 
 
 class ChatStreamWatch:
