@@ -7,11 +7,13 @@ rounds across them (shuffled order per round). Per round: ``--calls`` non-stream
 calls after a warm-up, each timed with ``perf_counter_ns``.
 
 Pairing: inside each configuration's process, every instrumented call is paired with a bare call made right before
-or after it (alternating order), by switching the patched SDK attributes to their originals and back between the two
-calls (nothing else changes: the instrumentation's threads and state stay up). A round's figure is the median of its
-per-pair differences; reported is the median over rounds. Comparing medians of *separate* bare and instrumented
-processes (the first version of this script) is swamped on shared machines by process-to-process offsets of several
-percent of a ~2 ms call; the ``control`` configuration (bare paired with bare, same switching) shows the floor.
+or after it (order drawn at random per pair), by switching the patched SDK attributes to their originals and back
+between the two calls (nothing else changes: the instrumentation's threads and state stay up). A round's figure is
+the median of its per-pair differences; reported is the median over rounds. Comparing medians of *separate* bare and
+instrumented processes (the first version of this script) is swamped on shared machines by process-to-process offsets
+of several percent of a ~2 ms call; the ``control`` configuration (bare paired with bare, same switching) shows the
+floor. Pairing mostly leaves out what background threads spend now and then (their CPU lands on whichever call holds
+the GIL), so each round also reports the CPU time of the process's other threads per pair.
 
     python bench/bench_openai.py                    # full run (10 rounds x 2,000 / 200 calls)
     python bench/bench_openai.py --rounds 3 --calls 300 --stream-calls 30   # quick look
@@ -127,11 +129,21 @@ def _setup(config: str) -> tuple[Any, Switch]:
     scope: Any = contextlib.nullcontext()
     if config == "paygentic":
         import paygentic_costs as pc
-        from paygentic_costs.export import InMemoryExporter
+        from paygentic_costs.export import Outcome
+
+        class DiscardingExporter:
+            """Acknowledges and drops every event, like the span exporter below: an exporter that kept the ~10,000
+            events of a run would grow this process's heap, and every call in it (bare ones too) would slow down."""
+
+            def export(self, events: Any, timeout: float) -> list[Outcome]:
+                return [Outcome("ack")] * len(events)
+
+            def shutdown(self) -> None:
+                pass
 
         state = Path(tempfile.mkdtemp(prefix="bench-openai-"))
         (state / "rates.toml").write_text(RATES)
-        pc.configure(rates=state / "rates.toml", exporter=InMemoryExporter(), state_dir=state)
+        pc.configure(rates=state / "rates.toml", exporter=DiscardingExporter(), state_dir=state)
         pc.instrument("openai")
         scope = pc.customer("cus_bench")
     elif config == "otel":
@@ -165,15 +177,23 @@ def _call(completions: Any, stream: bool, messages: list[dict[str, str]]) -> int
     return clock() - start
 
 
-def _round(client: Any, switch: Switch, stream: bool, calls: int) -> tuple[int, int, int]:
-    """``calls`` pairs; returns (median paired difference, median bare call, median instrumented call) in ns."""
+def _round(client: Any, switch: Switch, stream: bool, calls: int) -> tuple[int, int, int, int]:
+    """``calls`` pairs; returns (median paired difference, median bare call, median instrumented call, CPU time of the
+    process's other threads per pair) in ns.
+
+    The last one is what pairing cannot see: a background thread (our delivery worker, a BatchSpanProcessor) runs
+    now and then, its CPU time lands on whichever call holds the GIL at that moment, and the median of differences
+    mostly leaves it out.
+    """
     messages = [{"role": "user", "content": "Hi"}]
+    process_start, thread_start = time.process_time_ns(), time.thread_time_ns()
     create = client.chat.completions
     diffs: list[int] = []
     bare: list[int] = []
     instrumented: list[int] = []
-    for index in range(calls):
-        if index % 2:
+    coin = random.Random(calls)
+    for _ in range(calls):
+        if coin.random() < 0.5:  # random, not alternating: a fixed order beats in step with the worker's 50 ms window
             switch.set(False)
             off = _call(create, stream, messages)
             switch.set(True)
@@ -187,7 +207,9 @@ def _round(client: Any, switch: Switch, stream: bool, calls: int) -> tuple[int, 
         bare.append(off)
         instrumented.append(on)
     switch.set(True)
-    return (int(statistics.median(diffs)), int(statistics.median(bare)), int(statistics.median(instrumented)))
+    background = (time.process_time_ns() - process_start) - (time.thread_time_ns() - thread_start)
+    return (int(statistics.median(diffs)), int(statistics.median(bare)), int(statistics.median(instrumented)),
+            background // calls)
 
 
 def worker(config: str) -> None:
@@ -197,8 +219,9 @@ def worker(config: str) -> None:
         for line in sys.stdin:
             command = json.loads(line)
             _round(client, switch, command["stream"], max(10, command["calls"] // 10))  # warm-up
-            diff, bare, instrumented = _round(client, switch, command["stream"], command["calls"])
-            print(json.dumps({"diff_ns": diff, "bare_ns": bare, "on_ns": instrumented}), flush=True)
+            diff, bare, instrumented, background = _round(client, switch, command["stream"], command["calls"])
+            print(json.dumps({"diff_ns": diff, "bare_ns": bare, "on_ns": instrumented, "background_ns": background}),
+                  flush=True)
     if config == "paygentic":
         import paygentic_costs as pc
 
@@ -260,18 +283,21 @@ def main() -> None:
         "openai", "httpx2", "wrapt", "paygentic-costs", "paygentic-costs-openai", "opentelemetry-sdk",
         "opentelemetry-instrumentation-openai-v2", "opentelemetry-util-genai")))
     print(f"method: {args.rounds} interleaved rounds x {args.calls} non-streaming / {args.stream_calls} streaming "
-          f"paired calls; medians over rounds of each round's median paired difference; "
+          f"paired calls; medians over rounds of each round's median paired difference; background CPU: the "
+          f"process's other threads, per pair (one instrumented call); "
           f"paygentic worker stats: {worker_stats.get('paygentic')}")
     print()
-    print("| configuration | non-stream: bare call | added | ratio | stream (58 chunks): bare call | added | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| configuration | non-stream: bare call | added | ratio | background CPU | "
+          "stream (58 chunks): bare call | added | ratio | background CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     names = {"control": "control (bare paired with bare: the noise floor)", "paygentic": "paygentic-costs-openai",
              "otel": "opentelemetry-instrumentation-openai-v2 + BatchSpanProcessor"}
     for config in ("control", "paygentic", "otel"):
         cells = []
         for stream in (False, True):
             bare, plus = median_of(config, stream, "bare_ns"), median_of(config, stream, "diff_ns")
-            cells.append(f"{bare:,.0f} µs | {plus:+,.1f} µs | {(bare + plus) / bare:.3f}")
+            background = median_of(config, stream, "background_ns")
+            cells.append(f"{bare:,.0f} µs | {plus:+,.1f} µs | {(bare + plus) / bare:.3f} | {background:,.1f} µs")
         print(f"| {names[config]} | {cells[0]} | {cells[1]} |")
     for stream, label in ((False, "non-stream"), (True, "stream")):
         ours, otel = median_of("paygentic", stream, "diff_ns"), median_of("otel", stream, "diff_ns")
