@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -143,3 +144,37 @@ async def test_async_endpoint(
     assert len(costs.events) == 1
     _check_event(costs.events[0], request_id=_expected_id(name))
     assert len(fake.requests) == 1
+
+
+def _left_for_the_cyclic_gc(run: Callable[[], None]) -> int:
+    """Objects that ``run`` left in reference cycles (freed only by the cyclic GC, not when last used)."""
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize(("name", "beta"), CASES, ids=IDS)
+def test_instrumented_calls_leave_no_more_for_the_cyclic_gc_than_bare_ones(
+    name: str, beta: bool, client: anthropic.Anthropic, fake: Any, req: dict[str, Any], instrumented: None
+) -> None:
+    # A cycle through our hooks would keep each call's response alive until the next collection, and finalise a
+    # dropped stream late. Each kind of call is run bare and instrumented; what is left must not grow.
+    _use_parse_fixture(fake, name)
+
+    def run() -> None:
+        for _ in range(5):
+            assert SYNC[name](client, req, beta) == TEXT
+
+    pc.uninstrument("anthropic")
+    run()  # warm-up: first-call caches are not garbage
+    bare = _left_for_the_cyclic_gc(run)
+    pc.instrument("anthropic")
+    with pc.job("j", customer="cus_1"), capture() as costs:
+        run()
+        instrumented_left = _left_for_the_cyclic_gc(run)
+    assert instrumented_left <= bare, (name, bare, instrumented_left)
+    assert len(costs.events) == 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -274,3 +274,46 @@ def test_stream_error_propagates_unchanged_and_invents_nothing(costs: Capture, h
     assert raised.value is boom
     assert costs.events == []
     assert pc.stats()["usage_missing"] == 1
+
+
+def _left_for_the_cyclic_gc(run: Callable[[], None]) -> int:
+    """Objects that ``run`` left in reference cycles (freed only by the cyclic GC, not when last used)."""
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("kind", ["chat", "chat stream", "chat stream helper", "responses stream", "raw chat"])
+def test_instrumented_calls_leave_no_more_for_the_cyclic_gc_than_bare_ones(
+    costs: Capture, client: Any, chat_helpers: Any, kind: str
+) -> None:
+    # A cycle through our hooks would keep each call's response alive until the next collection, and finalise a
+    # dropped stream late. Each kind of call is run bare and instrumented; what is left must not grow. (A raw stream
+    # keeps its parse() hook, and that cycle, so that every parse() returns the same proxy.)
+    def run() -> None:
+        for _ in range(5):
+            if kind == "chat":
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            elif kind == "chat stream":
+                _chunks(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+            elif kind == "chat stream helper":
+                with chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES) as stream:
+                    list(stream)
+            elif kind == "responses stream":
+                list(client.responses.create(model="gpt-5", input="Hi", stream=True))
+            else:
+                client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES).parse()
+
+    pc.uninstrument("openai")
+    run()  # warm-up: first-call caches are not garbage
+    bare = _left_for_the_cyclic_gc(run)
+    pc.instrument("openai")
+    with pc.customer("cus_1"):
+        run()
+        instrumented = _left_for_the_cyclic_gc(run)
+    assert instrumented <= bare, (kind, bare, instrumented)
+    assert len(costs.events) == 10

@@ -266,8 +266,10 @@ class _Wrappers:
         """Hook this response's ``parse()`` only, as an instance attribute (a method bound to it).
 
         Normal calls are parsed by the SDK inside ``request()``; a class-level patch would sit on every one of them.
-        The bound method keeps ``response.parse()`` on a temporary working; an unparsed response is then collected
-        by the cyclic collector, and its finalizer counts it then.
+        The bound method keeps ``response.parse()`` on a temporary working (the hook must hold the response). That
+        is a reference cycle: it is removed once the call is billed, so a parsed response is freed as usual; an
+        unparsed one is collected by the cyclic collector, and its finalizer counts it then. A raw stream keeps the
+        hook, so that every ``parse()`` returns the same proxy.
         """
         unbound = type(response).parse
         parse: Callable[..., Any]
@@ -302,6 +304,7 @@ class _Wrappers:
         if _finish_result(pending.operation, pending.call, parsed):
             pending.finalizer.detach()
             del self._pending[instance]
+            vars(instance).pop("parse", None)  # billed: the class's parse() again, and no cycle through the hook
         return parsed  # parse(to=...) into another type keeps waiting for a parse that yields the usage
 
     # -- stream helpers ---------------------------------------------------------------------------------------------

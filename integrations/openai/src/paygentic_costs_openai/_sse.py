@@ -24,6 +24,7 @@ those bytes, where the SDK would have met it.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -263,9 +264,24 @@ def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_asy
     if original is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
         return False
     watch = ChatStreamWatch(call, call_site, hide)
+    reads = _without_cycle(response, original)
     if is_async:
-        setattr(response, name, lambda *args, **kwargs: _watch_async(watch, original(*args, **kwargs).__aiter__()))
+        setattr(response, name, lambda *args, **kwargs: _watch_async(watch, reads(*args, **kwargs).__aiter__()))
     else:
-        setattr(response, name, lambda *args, **kwargs: _watch_sync(watch, iter(original(*args, **kwargs))))
+        setattr(response, name, lambda *args, **kwargs: _watch_sync(watch, iter(reads(*args, **kwargs))))
     setattr(stream, WATCH_ATTRIBUTE, watch)
     return True
+
+
+def _without_cycle(response: Any, method: Any) -> Any:
+    """``method`` (bound to ``response``) as a callable that holds ``response`` weakly.
+
+    The replacement lives on the response; closing over the bound method would make a cycle (response, replacement,
+    method, response) that only the cyclic GC frees: about 40 objects per stream left for it, and a dropped
+    stream's watch finalised at the next collection instead of at once.
+    """
+    function = getattr(method, "__func__", None)
+    if function is None or getattr(method, "__self__", None) is not response:
+        return method  # not the response's own method (someone replaced it): called as it is
+    target = weakref.ref(response)
+    return lambda *args, **kwargs: function(target(), *args, **kwargs)
