@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import textwrap
 import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, localcontext
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -461,3 +463,28 @@ def test_plan_built_prices_are_ordinary_prices() -> None:
     price = priced(FULL_TABLE.price_llm_detailed("acme", "plain", Usage(input_tokens=7, output_tokens=3)))
     assert price == Price(price.amount, price.currency, price.rate_id, dict(price.breakdown))
     assert hash(price.rate_id) and repr(price).startswith("Price(amount=Decimal(")
+
+
+@pytest.mark.parametrize(
+    ("buckets", "field"),
+    [
+        ({"input_tokens": True}, "input_tokens"),
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": 1.5}, "output_tokens"),
+        ({"input_tokens": 5, "requests": -3}, "requests"),  # a bad count after good ones
+        ({"reasoning_tokens": "7"}, "reasoning_tokens"),
+    ],
+)
+def test_a_bad_count_is_refused_naming_its_bucket(buckets: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"Usage.{field} must be a non-negative int"):
+        Usage(**buckets)  # type: ignore[arg-type]
+
+
+def test_usage_keeps_set_buckets_in_field_order_and_knows_when_it_is_empty() -> None:
+    class Count(enum.IntEnum):
+        THREE = 3
+
+    usage = Usage(output_tokens=0, input_tokens=Count.THREE, units=2)  # int subclasses and 0 are counts
+    assert usage.as_dict() == {"input_tokens": 3, "output_tokens": 0, "units": Decimal(2)}
+    assert list(usage.as_dict()) == ["input_tokens", "output_tokens", "units"]
+    assert not usage.is_empty and Usage().is_empty and Usage().as_dict() == {}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from operator import attrgetter
 from types import MappingProxyType
 
 __all__ = ["Price", "Usage"]
@@ -56,9 +57,11 @@ class Usage:
     ) -> None:
         tokens = (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
                   reasoning_tokens, input_audio_tokens, output_audio_tokens, web_search_requests, requests)
-        for index, value in enumerate(tokens):
-            if value is not None and (type(value) is not int or value < 0):
-                _check_count(_TOKEN_FIELDS[index], value)
+        # Checked in C (types, then the smallest non-zero count); only a failure walks the fields for its message.
+        if not _PLAIN_COUNT_TYPES.issuperset(map(type, tokens)) or min(filter(None, tokens), default=0) < 0:
+            for index, value in enumerate(tokens):
+                if value is not None and (type(value) is not int or value < 0):
+                    _check_count(_TOKEN_FIELDS[index], value)
         put = object.__setattr__
         put(self, "input_tokens", input_tokens)
         put(self, "output_tokens", output_tokens)
@@ -75,21 +78,20 @@ class Usage:
 
     def as_dict(self) -> dict[str, int | Decimal]:
         """The buckets that are set, by name (what goes into the event's ``data``)."""
-        result: dict[str, int | Decimal] = {}
-        for name in _USAGE_FIELDS:  # a precomputed tuple: dataclasses.fields() is slow on the hot path
-            value = getattr(self, name)
-            if value is not None:
-                result[name] = value
-        return result
+        buckets = zip(_USAGE_FIELDS, _all_buckets(self), strict=True)
+        return {name: value for name, value in buckets if value is not None}
 
     @property
     def is_empty(self) -> bool:
         """True when the provider reported nothing at all."""
-        return all(getattr(self, name) is None for name in _USAGE_FIELDS)
+        return _all_buckets(self).count(None) == len(_USAGE_FIELDS)
 
 
 _USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 _TOKEN_FIELDS: tuple[str, ...] = tuple(name for name in _USAGE_FIELDS if name not in ("units", "seconds"))
+_PLAIN_COUNT_TYPES = frozenset({int, type(None)})
+# Every bucket's value, in field order, read in C (a precomputed getter: dataclasses.fields() is slow on hot paths).
+_all_buckets: Callable[[Usage], tuple[int | Decimal | None, ...]] = attrgetter(*_USAGE_FIELDS)
 
 
 def _check_count(name: str, value: object) -> None:

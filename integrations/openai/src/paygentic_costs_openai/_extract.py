@@ -9,7 +9,8 @@ translation is a renaming — no arithmetic that could double count.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from openai.types import CompletionUsage, CreateEmbeddingResponse
@@ -64,18 +65,32 @@ def chat_usage(usage: CompletionUsage | Mapping[str, Any] | None) -> Usage | Non
     """
     if usage is None:
         return None
-    prompt = detail(usage, "prompt_tokens_details")
-    completion = detail(usage, "completion_tokens_details")
+    read = _reader(usage)
+    prompt = _reader(read("prompt_tokens_details"))
+    completion = _reader(read("completion_tokens_details"))
     return Usage(
-        input_tokens=_count(detail(usage, "prompt_tokens")),
-        output_tokens=_count(detail(usage, "completion_tokens")),
-        cache_read_tokens=_positive(detail(prompt, "cached_tokens")),
+        input_tokens=_count(read("prompt_tokens")),
+        output_tokens=_count(read("completion_tokens")),
+        cache_read_tokens=_positive(prompt("cached_tokens")),
         # ``cache_write_tokens`` appeared in late 2.x SDKs: None where the field is absent.
-        cache_write_tokens=_positive(detail(prompt, "cache_write_tokens")),
-        input_audio_tokens=_positive(detail(prompt, "audio_tokens")),
-        reasoning_tokens=_positive(detail(completion, "reasoning_tokens")),
-        output_audio_tokens=_positive(detail(completion, "audio_tokens")),
+        cache_write_tokens=_positive(prompt("cache_write_tokens")),
+        input_audio_tokens=_positive(prompt("audio_tokens")),
+        reasoning_tokens=_positive(completion("reasoning_tokens")),
+        output_audio_tokens=_positive(completion("audio_tokens")),
     )
+
+
+_NOTHING: dict[str, Any] = {}
+
+
+def _reader(details: Any) -> Callable[[str], Any]:
+    """``detail(details, name)`` as a one-argument reader; for decoded JSON (every chat stream's usage, read on the
+    delivery worker) it is the dict's own ``get``, with no Python frame per field."""
+    if isinstance(details, dict):
+        return details.get
+    if details is None:
+        return _NOTHING.get
+    return functools.partial(detail, details)
 
 
 def responses_usage(usage: ResponseUsage | dict[str, Any] | None) -> Usage | None:
