@@ -9,7 +9,9 @@ SDK's decoder). In the bytes it passes on:
 * the usage event that ``stream_options.include_usage`` adds (``"choices": []``) is read — its JSON decoded once, by
   us — and, when we added the option, cut out, so the SDK never decodes or parses it and the caller's chunks are
   exactly the ones it would have got;
-* a usage on any other event (servers that report usage on content chunks) is read and passed through;
+* a usage on any other event (servers that report usage on content chunks) is read and passed through; such
+  servers repeat running totals, so the last usage object read is the one billed (each read is searched from
+  its end, and the search stops at the first usage object);
 * id, model and tier come from the usage event's JSON (they repeat on every chunk; without usage there is no event to
   key); the caller gets the SDK's own ``Stream`` object back (no proxy, nothing per chunk);
 * the usage event, ``[DONE]``, the end of the body, an error, ``close()`` (the ``Stream.close`` patch) and garbage
