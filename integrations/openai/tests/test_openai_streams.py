@@ -288,12 +288,13 @@ def _left_for_the_cyclic_gc(run: Callable[[], None]) -> int:
 
 
 @pytest.mark.parametrize("kind", ["chat", "chat stream", "chat stream helper", "responses stream", "raw chat"])
-def test_instrumented_calls_leave_no_more_for_the_cyclic_gc_than_bare_ones(
+def test_calls_leave_nothing_for_the_cyclic_gc_where_the_bare_sdk_leaves_nothing(
     costs: Capture, client: Any, chat_helpers: Any, kind: str
 ) -> None:
     # A cycle through our hooks would keep each call's response alive until the next collection, and finalise a
-    # dropped stream late. Each kind of call is run bare and instrumented; what is left must not grow. (A raw stream
-    # keeps its parse() hook, and that cycle, so that every parse() returns the same proxy.)
+    # dropped stream late. Each kind of call is run bare, then instrumented: where the bare SDK leaves nothing for
+    # the cyclic GC, neither may we. (A raw stream keeps its parse() hook, and that cycle, so that every parse()
+    # returns the same proxy.)
     def run() -> None:
         for _ in range(5):
             if kind == "chat":
@@ -311,9 +312,13 @@ def test_instrumented_calls_leave_no_more_for_the_cyclic_gc_than_bare_ones(
     pc.uninstrument("openai")
     run()  # warm-up: first-call caches are not garbage
     bare = _left_for_the_cyclic_gc(run)
+    if bare:
+        # Older SDKs (1.66 with httpx) keep a stream in a cycle of their own; what we attach to it is freed with it,
+        # and counts as garbage too, so the comparison says nothing there.
+        pytest.skip(f"the bare SDK leaves {bare} objects for the cyclic GC on this path")
     pc.instrument("openai")
     with pc.customer("cus_1"):
         run()
         instrumented = _left_for_the_cyclic_gc(run)
-    assert instrumented <= bare, (kind, bare, instrumented)
+    assert instrumented == 0, (kind, instrumented)
     assert len(costs.events) == 10
