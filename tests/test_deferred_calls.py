@@ -69,9 +69,9 @@ def test_the_worker_delivers_a_finished_call_without_flush(direct: Direct) -> No
 
 
 def test_calls_after_a_drain_and_after_a_quiet_spell_are_delivered_without_flush(direct: Direct) -> None:
-    # Right after a drain the worker wakes one linger later by itself (arming does not wake it); once a wake finds
-    # nothing armed it sleeps long again, and arming must wake it. Each call here lands in one of those states; a
-    # missed wake would leave it waiting for the worker's idle timeout.
+    # Within a window (one linger after a drain) the worker wakes at the window's end by itself and arming does not
+    # wake it; outside one it may sleep long, and arming must wake it. Each call here lands in one of those states;
+    # a missed wake would leave it waiting for the worker's idle timeout.
     from paygentic_costs.export._processor import _IDLE_WAIT
 
     exporter = InMemoryExporter()
@@ -86,9 +86,9 @@ def test_calls_after_a_drain_and_after_a_quiet_spell_are_delivered_without_flush
     with pc.customer("cus_1"):
         _finish(direct, 10, "r1")
         assert delivered_soon(1)
-        _finish(direct, 10, "r2")  # the worker is ticking: nobody wakes it
+        _finish(direct, 10, "r2")  # r1's drain opened a window: nobody wakes the worker
         assert delivered_soon(2)
-        time.sleep(0.3)  # a tick with nothing armed: the worker is back in its long sleep
+        time.sleep(0.3)  # the windows have closed: the worker is back in its long sleep
         _finish(direct, 10, "r3")
         assert delivered_soon(3)
     assert [event.data["request_id"] for event in exporter.events] == ["r1", "r2", "r3"]

@@ -42,11 +42,12 @@ _MAX_IN_FLIGHT_LIMIT = 64
 _SYNC_WAIT = 1.0  # durability="sync": the longest record() waits for the spool commit (never hangs the host)
 _MARK_EVERY = 0.01  # commit back-pressure samples the age of uncommitted events at this resolution
 _PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that is behind its window
-# How long the worker lets deferred provider calls gather before pricing them in one batch (flush(), stats() and
-# shutdown() drain at once). One wake per window instead of one per call keeps the worker off the caller's GIL.
+# The longest a deferred provider call waits to be priced on the worker (flush(), stats() and shutdown() drain at
+# once). Calls gather into windows: after a drain the worker wakes again one linger later by itself and drains what
+# was deferred since, so under steady traffic the calls need not wake it (one wake per window, not one per call,
+# keeps the worker off the caller's GIL). A call deferred while no window is open wakes the worker, which drains it
+# at once and opens one.
 _DEFER_LINGER = 0.05
-# After a drain the worker wakes again one linger later by itself, so under steady traffic the calls that arm the
-# next window need not wake it: one wake per window instead of two. A tick that finds nothing armed sleeps long again.
 
 class Feeder(Protocol):
     """Events-to-be held outside the pipeline (the recorder's deferred provider calls)."""
@@ -205,8 +206,8 @@ class DeliveryPipeline:
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
         self._wake = threading.Event()
         self._armed_at: float | None = None  # monotonic; deferred calls wait to be drained (see arm_deferred)
-        self._tick_until = 0.0  # monotonic; until then the worker wakes every linger without being asked
-        self._wake_on_arm = True  # the worker sleeps past the next linger: arming must wake it
+        self._last_drain = 0.0  # monotonic; the window of deferred calls ends one linger after it
+        self._wake_on_arm = True  # no window is open (the worker may sleep long): arming must wake it
         self._fork_locked = False
         self._fork_store_lock: Any = None
         self._incoming: deque[Entry] = deque()  # the hot path's queue
@@ -331,7 +332,7 @@ class DeliveryPipeline:
 
     def _drain_feeder(self) -> None:
         self._armed_at = None  # before draining: a call deferred from now on arms again
-        self._tick_until = time.monotonic() + _DEFER_LINGER * 1.5  # traffic: wake again one linger from now
+        self._last_drain = time.monotonic()  # opens the next window
         feeder = self._feeder
         if feeder is not None:
             try:
@@ -452,7 +453,8 @@ class DeliveryPipeline:
                 now = time.monotonic()
                 armed = self._armed_at
                 if armed is not None and (
-                    now >= armed + _DEFER_LINGER or self._flushing or self._deadline is not None or until is not None
+                    now >= min(armed, self._last_drain) + _DEFER_LINGER
+                    or self._flushing or self._deadline is not None or until is not None
                 ):
                     self._drain_feeder()
                     now = time.monotonic()
@@ -473,14 +475,15 @@ class DeliveryPipeline:
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
                     if threading.current_thread() is self._worker:
-                        if now < self._tick_until:
-                            limit = min(limit, _DEFER_LINGER)
+                        window_end = self._last_drain + _DEFER_LINGER
+                        if now < window_end:
+                            limit = min(limit, window_end - now)  # a window is open: wake at its end, unasked
                         # Written before _armed_at is read (arm_deferred does the reverse): a call armed meanwhile
                         # either is seen here or sees that it must wake us.
-                        self._wake_on_arm = limit > _DEFER_LINGER
+                        self._wake_on_arm = now >= window_end
                     armed = self._armed_at
                     if armed is not None:
-                        limit = min(limit, armed + _DEFER_LINGER - now)
+                        limit = min(limit, min(armed, self._last_drain) + _DEFER_LINGER - now)
                     if stopping is not None:
                         limit = min(limit, stopping - now)
                     if until is not None:
@@ -609,7 +612,8 @@ class DeliveryPipeline:
             self._deliver_notices()
             now = time.monotonic()
             armed = self._armed_at
-            if armed is not None and (now >= armed + _DEFER_LINGER or self._flushing or self._deadline is not None):
+            due = armed is not None and now >= min(armed, self._last_drain) + _DEFER_LINGER
+            if armed is not None and (due or self._flushing or self._deadline is not None):
                 self._drain_feeder()
             with self._lock:
                 if self._abandoned:
