@@ -172,14 +172,18 @@ def test_calls_leave_nothing_for_the_cyclic_gc_where_the_bare_sdk_leaves_nothing
 
     pc.uninstrument("anthropic")
     run()  # warm-up: first-call caches are not garbage
-    bare = _left_for_the_cyclic_gc(run)
-    if bare:
-        # An SDK version that keeps a stream in a cycle of its own: what we attach to it is freed with it, and counts
-        # as garbage too, so the comparison says nothing there.
-        pytest.skip(f"the bare SDK leaves {bare} objects for the cyclic GC on this path")
+    bare_before = _left_for_the_cyclic_gc(run)
     pc.instrument("anthropic")
     with pc.job("j", customer="cus_1"), capture() as costs:
         run()
         instrumented_left = _left_for_the_cyclic_gc(run)
+    pc.uninstrument("anthropic")
+    bare_after = _left_for_the_cyclic_gc(run)  # the bare SDK again: its own cycles can come and go with its state
+    pc.instrument("anthropic")
+    if bare_before or bare_after:
+        # The SDK keeps these objects in cycles of its own (openai 1.66 with httpx, Anthropic's stream helper over a
+        # MockTransport, depending on what ran before); what we attach to them is freed with them and counts as
+        # garbage too, so the comparison says nothing here.
+        pytest.skip(f"the bare SDK leaves {max(bare_before, bare_after)} objects for the cyclic GC on this path")
     assert instrumented_left == 0, (name, instrumented_left)
     assert len(costs.events) == 10
