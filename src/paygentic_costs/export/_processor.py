@@ -205,7 +205,7 @@ class DeliveryPipeline:
         self._cond = threading.Condition(self._lock)
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
         self._wake = threading.Event()
-        self._armed_at: float | None = None  # monotonic; deferred calls wait to be drained (see arm_deferred)
+        self._armed = False  # deferred calls wait to be drained (see arm_deferred)
         self._last_drain = 0.0  # monotonic; the window of deferred calls ends one linger after it
         self._wake_on_arm = True  # no window is open (the worker may sleep long): arming must wake it
         self._fork_locked = False
@@ -321,9 +321,8 @@ class DeliveryPipeline:
                 return False
             if self._worker is None:
                 self._start_worker()
-            if self._armed_at is None:
-                self._armed_at = time.monotonic()
-            if self._wake_on_arm:  # read after _armed_at is set: the worker writes the two the other way round
+            self._armed = True
+            if self._wake_on_arm:  # read after _armed is set: the worker writes the two the other way round
                 self._wake.set()
             return self._worker_alive()
         except Exception as exc:
@@ -331,7 +330,7 @@ class DeliveryPipeline:
             return False
 
     def _drain_feeder(self) -> None:
-        self._armed_at = None  # before draining: a call deferred from now on arms again
+        self._armed = False  # before draining: a call deferred from now on arms again
         self._last_drain = time.monotonic()  # opens the next window
         feeder = self._feeder
         if feeder is not None:
@@ -451,9 +450,8 @@ class DeliveryPipeline:
             try:
                 self._deliver_notices()
                 now = time.monotonic()
-                armed = self._armed_at
-                if armed is not None and (
-                    now >= min(armed, self._last_drain) + _DEFER_LINGER
+                if self._armed and (
+                    now >= self._last_drain + _DEFER_LINGER
                     or self._flushing or self._deadline is not None or until is not None
                 ):
                     self._drain_feeder()
@@ -474,16 +472,15 @@ class DeliveryPipeline:
                 wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
+                    window_end = self._last_drain + _DEFER_LINGER  # armed calls are drained then
                     if threading.current_thread() is self._worker:
-                        window_end = self._last_drain + _DEFER_LINGER
                         if now < window_end:
                             limit = min(limit, window_end - now)  # a window is open: wake at its end, unasked
-                        # Written before _armed_at is read (arm_deferred does the reverse): a call armed meanwhile
+                        # Written before _armed is read (arm_deferred does the reverse): a call armed meanwhile
                         # either is seen here or sees that it must wake us.
                         self._wake_on_arm = now >= window_end
-                    armed = self._armed_at
-                    if armed is not None:
-                        limit = min(limit, min(armed, self._last_drain) + _DEFER_LINGER - now)
+                    if self._armed:
+                        limit = min(limit, window_end - now)
                     if stopping is not None:
                         limit = min(limit, stopping - now)
                     if until is not None:
@@ -611,9 +608,9 @@ class DeliveryPipeline:
         try:
             self._deliver_notices()
             now = time.monotonic()
-            armed = self._armed_at
-            due = armed is not None and now >= min(armed, self._last_drain) + _DEFER_LINGER
-            if armed is not None and (due or self._flushing or self._deadline is not None):
+            if self._armed and (
+                now >= self._last_drain + _DEFER_LINGER or self._flushing or self._deadline is not None
+            ):
                 self._drain_feeder()
             with self._lock:
                 if self._abandoned:

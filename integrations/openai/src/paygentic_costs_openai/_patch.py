@@ -144,10 +144,7 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         return  # not a shape we understand: send exactly what the caller built
     if stream_options is not None and stream_options.get("include_usage") is True:
         return  # the caller asked for usage and sees the usage chunk as usual
-    # Never mutate the SDK's options: its retry loop copies them per attempt. ``__copy__`` is what copy.copy would
-    # call for this class (pydantic defines it), without copy.copy's dispatch.
-    copier = getattr(type(options), "__copy__", None)
-    extended = copier(options) if copier is not None else copy.copy(options)
+    extended = copy.copy(options)  # never mutate the SDK's options: its retry loop copies them per attempt
     extended.json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
     if len(prepared.args) > 1:
         prepared.args = (prepared.args[0], extended, *prepared.args[2:])

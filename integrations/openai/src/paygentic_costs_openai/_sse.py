@@ -73,15 +73,15 @@ def _whole_events(data: bytes) -> int:
     return end
 
 
-def _event_bounds(block: bytes, start: int, stop: int) -> tuple[int, int]:
-    """The event of ``block`` (whole events) that holds ``block[start:stop]``: from after the previous blank line
-    to after the next one."""
+def _event_bounds(block: bytes, at: int) -> tuple[int, int]:
+    """The event of ``block`` (whole events) that holds ``block[at]``: from after the previous blank line to after
+    the next one."""
     begin, end = 0, len(block)
     for separator in _separators(block):
-        before = block.rfind(separator, 0, start)
+        before = block.rfind(separator, 0, at)
         if before >= 0 and before + len(separator) > begin:
             begin = before + len(separator)
-        after = block.find(separator, stop)
+        after = block.find(separator, at)
         if after >= 0 and after + len(separator) < end:
             end = after + len(separator)
     return begin, end
@@ -137,7 +137,7 @@ class ChatStreamWatch:
         at = block.rfind(_TOKENS_KEY)
         usage_only = False
         while at >= 0:
-            begin, end = _event_bounds(block, at, at)
+            begin, end = _event_bounds(block, at)
             found = self.read_usage(block[begin:end])
             if found is not None:
                 usage_only = found
