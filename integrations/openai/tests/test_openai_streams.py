@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -155,6 +156,35 @@ def test_abandoned_before_usage_invents_nothing_and_names_the_call_site(
     assert costs.events == []
     assert pc.stats()["usage_missing"] == 1
     assert any("usage" in r.getMessage() and "test_openai_streams.py:" in r.getMessage() for r in caplog.records)
+
+
+def test_each_stream_names_its_own_call_site(costs: Capture, client: Any, chat_helpers: Any) -> None:
+    # The walk to the caller's frame is skipped when the frame where the last walk met the user's is again a user's
+    # (with one of the SDK's below it); a path of another depth must walk again, never name a wrong frame.
+    def site_of(stream: Any) -> str:
+        raw = getattr(stream, "_raw_stream", stream)  # the .stream() helper wraps the SDK's own stream
+        return str(getattr(raw, WATCH_ATTRIBUTE).call_site)
+
+    def create() -> tuple[Any, int]:
+        line = sys._getframe().f_lineno + 1
+        return client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True), line
+
+    def create_elsewhere() -> tuple[Any, int]:
+        line = sys._getframe().f_lineno + 1
+        return client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True), line
+
+    with pc.job("j", customer="cus_1"):
+        streams = [create(), create_elsewhere(), create()]
+        helper = chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES)
+        line = sys._getframe().f_lineno + 1
+        with helper as stream:  # the request is sent here, with more SDK frames above it
+            streams.append((stream, line))
+            streams.append(create())  # and back to the shorter path
+            for stream, line in streams:
+                assert site_of(stream).endswith(f"at {__file__}:{line}"), (site_of(stream), line)
+            for stream, _ in streams:
+                stream.close()
+    assert len(costs.events) + pc.stats()["usage_missing"] == 5
 
 
 async def test_async_abandoned_streams(costs: Capture, async_client: Any) -> None:

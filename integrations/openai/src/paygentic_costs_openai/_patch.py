@@ -65,24 +65,52 @@ _OWN_CODES: set[Any] = set()
 _USER_CODES: set[Any] = set()
 
 
+# How far up the stack the last walk met the user's frame (counted from _call_site's caller, the last SDK-or-our
+# frame below it). Checked first: a kind of call reaches the chokepoint through the same frames every time, and two
+# frames checked cost less than a walk, which also makes a frame object of every frame it passes.
+_user_depth = 0
+
+
 def _call_site(operation: str, what: str) -> str:
-    frame = sys._getframe(1)
+    global _user_depth
+    frame = _at_known_depth(_user_depth)
+    if frame is None:
+        frame, _user_depth = _walk_to_user(sys._getframe(1))
+    if frame is None:
+        return f"openai {operation} {what}"
+    return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _at_known_depth(depth: int) -> types.FrameType | None:
+    """The user's frame, if it is where the last walk found it, below it one of ours or the SDK's."""
+    if not depth:
+        return None
+    try:
+        below = sys._getframe(depth + 1)  # from here: +1 for this frame, -1 for the frame below the user's
+    except ValueError:  # a shallower stack
+        return None
+    frame = below.f_back if below.f_code in _OWN_CODES else None
+    return frame if frame is not None and frame.f_code in _USER_CODES else None
+
+
+def _walk_to_user(frame: types.FrameType | None) -> tuple[types.FrameType | None, int]:
+    """The first frame that is neither the SDK's nor ours, from ``frame`` up, and how many frames up it is."""
     own_codes = _OWN_CODES
+    depth = 0
     while frame is not None:
         code = frame.f_code
         if code not in own_codes:
             if code in _USER_CODES:
-                break
+                return frame, depth
             module = frame.f_globals.get("__name__", "")
             own = module in _OWN_EXACT or module.startswith(_OWN_MODULES)
             if len(own_codes) + len(_USER_CODES) < 10_000:
                 (own_codes if own else _USER_CODES).add(code)
             if not own:
-                break
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return f"openai {operation} {what}"
-    return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
+                return frame, depth
+        frame = frame.f_back
+        depth += 1
+    return None, 0
 
 
 # Guards are stateless: one per place, built once rather than per call.
@@ -137,7 +165,7 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
     extra chunk; a raw (``with_raw_response`` / ``with_streaming_response``) body is the caller's bytes to read.
     """
     extra = options.extra_json
-    if isinstance(extra, Mapping) and "stream_options" in extra:
+    if extra is not None and isinstance(extra, Mapping) and "stream_options" in extra:  # None: no ABC check
         return  # extra_body wins over the body when the SDK merges them: the caller's explicit choice, left alone
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, Mapping):

@@ -87,12 +87,15 @@ def _event_bounds(block: bytes, at: int) -> tuple[int, int]:
     return begin, end
 
 
+# ``raw_decode`` is ``json.loads`` without its two wrappers (encoding detection, the check for trailing data).
+_decode_json = json.JSONDecoder().raw_decode
+
+
 def _event_json(event: bytes) -> Any:
     """The JSON of one event's ``data:`` lines (joined with newlines, as the SSE format says)."""
-    if event.startswith(b"data: ") and event.find(b"\n", 0, -2) < 0 and b"\r" not in event:
-        # One data line (every OpenAI event): the separator is JSON whitespace. SSE is UTF-8 (the SDK decodes it so
-        # too); decoding here skips json's encoding detection.
-        return json.loads(event[6:].decode())
+    if event.startswith(b"data: {") and event.find(b"\n", 0, -2) < 0 and b"\r" not in event:
+        # One data line holding an object (every OpenAI event); SSE is UTF-8 (the SDK decodes it so too).
+        return _decode_json(event[6:].decode())[0]
     lines = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
@@ -142,7 +145,7 @@ class ChatStreamWatch:
             if found is not None:
                 usage_only = found
                 if found and self.hide:
-                    block = block[:begin] + block[end:]
+                    block = b"".join((memoryview(block)[:begin], block[end:]))  # one copy of the read, not two
                 break
             at = block.rfind(_TOKENS_KEY, 0, begin)  # a *_tokens key outside a usage object: look further back
         if usage_only or block.find(_DONE, max(0, len(block) - _DONE_TAIL)) >= 0:
@@ -154,10 +157,11 @@ class ChatStreamWatch:
     def read_usage(self, event: bytes) -> bool | None:
         """Record the usage in ``event``: None when it has none, else whether it is the usage-only event
         (``"choices": []``)."""
-        with _GUARD:
+        try:  # not `with _GUARD`: no call until something fails (this runs on every stream)
             chunk = _event_json(event)
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), Mapping):
-                self.usage = chunk["usage"]
+            usage = chunk.get("usage") if type(chunk) is dict else None
+            if type(usage) is dict:  # JSON objects decode to dicts
+                self.usage = usage
                 request_id, model, tier = chunk.get("id"), chunk.get("model"), chunk.get("service_tier")
                 if isinstance(request_id, str) and request_id:
                     self.request_id = request_id
@@ -165,7 +169,10 @@ class ChatStreamWatch:
                     self.model = model  # the usage chunk repeats it: the served snapshot is what the price must use
                 if isinstance(tier, str) and tier:
                     self.service_tier = tier
-                return chunk.get("choices") == []
+                choices: object = chunk.get("choices")
+                return choices == []
+        except Exception as exc:
+            _GUARD.report(exc)
         return None
 
     def wants_more(self, block: bytes) -> bool:
@@ -181,7 +188,7 @@ class ChatStreamWatch:
             return
         self.ended = True
         call = self.call
-        with _GUARD:
+        try:
             if self.usage is None:
                 call.finish(None, call_site=self.call_site)
             else:
@@ -192,6 +199,8 @@ class ChatStreamWatch:
                     request_id=self.request_id or None,
                     service_tier=self.service_tier,
                 )
+        except Exception as exc:
+            _GUARD.report(exc)
 
     def __del__(self) -> None:
         # The stream was dropped (never iterated, or abandoned): a generator that never started runs no cleanup.
@@ -266,24 +275,25 @@ def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_asy
     if original is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
         return False
     watch = ChatStreamWatch(call, call_site, hide)
-    reads = _without_cycle(response, original)
-    if is_async:
-        setattr(response, name, lambda *args, **kwargs: _watch_async(watch, reads(*args, **kwargs).__aiter__()))
-    else:
-        setattr(response, name, lambda *args, **kwargs: _watch_sync(watch, iter(reads(*args, **kwargs))))
+    setattr(response, name, _watched_reads(response, original, watch, is_async))
     setattr(stream, WATCH_ATTRIBUTE, watch)
     return True
 
 
-def _without_cycle(response: Any, method: Any) -> Any:
-    """``method`` (bound to ``response``) as a callable that holds ``response`` weakly.
+def _watched_reads(response: Any, method: Any, watch: ChatStreamWatch, is_async: bool) -> Any:
+    """The replacement for ``response.iter_bytes`` (``method``; async: ``aiter_bytes``): its reads, through ``watch``.
 
-    The replacement lives on the response; closing over the bound method would make a cycle (response, replacement,
-    method, response) that only the cyclic GC frees: about 40 objects per stream left for it, and a dropped
-    stream's watch finalised at the next collection instead of at once.
+    The replacement lives on the response, so it holds the response weakly: closing over the bound method would make
+    a cycle (response, replacement, method, response) that only the cyclic GC frees: about 40 objects per stream left
+    for it, and a dropped stream's watch finalised at the next collection instead of at once.
     """
-    function = getattr(method, "__func__", None)
-    if function is None or getattr(method, "__self__", None) is not response:
-        return method  # not the response's own method (someone replaced it): called as it is
-    target = weakref.ref(response)
-    return lambda *args, **kwargs: function(target(), *args, **kwargs)
+    function: Any = getattr(method, "__func__", None)
+    own = function is not None and getattr(method, "__self__", None) is response
+    target: Any = weakref.ref(response) if own else None
+    other: Any = None if own else method  # not the response's own method (someone replaced it): called as it is
+
+    def reads(*args: Any, **kwargs: Any) -> Any:
+        body = function(target(), *args, **kwargs) if target is not None else other(*args, **kwargs)
+        return _watch_async(watch, body.__aiter__()) if is_async else _watch_sync(watch, iter(body))
+
+    return reads
