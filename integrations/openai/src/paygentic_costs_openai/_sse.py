@@ -65,6 +65,8 @@ def _separators(data: bytes) -> tuple[bytes, ...]:
 
 def _whole_events(data: bytes) -> int:
     """Length of the leading part of ``data`` made of whole events (0: not one is complete yet)."""
+    if data.endswith(b"\n\n") and b"\r" not in data:
+        return len(data)  # the common read: LF-separated events, the last one complete
     end = 0
     for separator in _separators(data):
         at = data.rfind(separator)
@@ -76,6 +78,9 @@ def _whole_events(data: bytes) -> int:
 def _event_bounds(block: bytes, at: int) -> tuple[int, int]:
     """The event of ``block`` (whole events) that holds ``block[at]``: from after the previous blank line to after
     the next one."""
+    if b"\r" not in block:  # LF-separated (OpenAI's): one separator to look for
+        before, after = block.rfind(b"\n\n", 0, at), block.find(b"\n\n", at)
+        return (0 if before < 0 else before + 2), (len(block) if after < 0 else after + 2)
     begin, end = 0, len(block)
     for separator in _separators(block):
         before = block.rfind(separator, 0, at)
