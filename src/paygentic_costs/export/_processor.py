@@ -49,6 +49,31 @@ _PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that i
 # at once and opens one.
 _DEFER_LINGER = 0.05
 
+class _Wake:
+    """The worker's wake-up flag, like ``threading.Event`` (``set`` from any thread; ``wait`` returns when it is set,
+    or at the timeout; ``clear``) but one C call per operation: an Event is a Condition, several Python frames per
+    ``set`` and per ``wait``, and ``set`` runs on callers' threads. A plain lock, held while the flag is clear."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:  # noqa: SIM105 -- contextlib.suppress is two more calls, on callers' threads
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Until set or ``timeout`` seconds (clears it when it was set, as the loop's ``clear()`` would)."""
+        self._lock.acquire(timeout=timeout)
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+
 class Feeder(Protocol):
     """Events-to-be held outside the pipeline (the recorder's deferred provider calls)."""
 
@@ -204,7 +229,7 @@ class DeliveryPipeline:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._drive_lock = threading.Lock()  # one thread at a time moves events through the store
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._armed = False  # deferred calls wait to be drained (see arm_deferred)
         self._last_drain = 0.0  # monotonic; the window of deferred calls ends one linger after it
         self._wake_on_arm = True  # no window is open (the worker may sleep long): arming must wake it
