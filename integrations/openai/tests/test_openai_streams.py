@@ -158,6 +158,7 @@ def test_abandoned_before_usage_invents_nothing_and_names_the_call_site(
     assert any("usage" in r.getMessage() and "test_openai_streams.py:" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("transport", ["mock"])  # the streams are closed unread: no server to reset
 def test_each_stream_names_its_own_call_site(costs: Capture, client: Any, chat_helpers: Any) -> None:
     # The walk to the caller's frame is skipped when the frame where the last walk met the user's is again a user's
     # (with one of the SDK's below it); a path of another depth must walk again, never name a wrong frame.
