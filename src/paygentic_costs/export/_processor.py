@@ -49,6 +49,7 @@ _PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that i
 # at once and opens one.
 _DEFER_LINGER = 0.05
 
+
 class _Wake:
     """The worker's wake-up flag, like ``threading.Event`` (``set`` from any thread; ``wait`` returns when it is set,
     or at the timeout; ``clear``) but one C call per operation: an Event is a Condition, several Python frames per
