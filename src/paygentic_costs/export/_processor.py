@@ -472,6 +472,7 @@ class DeliveryPipeline:
 
     def _drive(self, done: Callable[[], bool] | None = None, until: float | None = None) -> None:
         """Move events through the store until shutdown (worker), or until ``done()`` or ``until`` (inline)."""
+        on_worker = threading.current_thread() is self._worker  # fixed for the whole call: asked once
         while True:
             try:
                 self._deliver_notices()
@@ -493,13 +494,13 @@ class DeliveryPipeline:
                     admitted = [] if self._self_fed else self._admit_locked()
                 if admitted:
                     self._admit(admitted)
-                if self._self_fed and threading.current_thread() is not self._worker:
+                if self._self_fed and not on_worker:
                     self._store_turn_inline()
                 wait = self._step(now, stopping, until)
                 if wait > 0:
                     limit = min(wait, _IDLE_WAIT)
                     window_end = self._last_drain + _DEFER_LINGER  # armed calls are drained then
-                    if threading.current_thread() is self._worker:
+                    if on_worker:
                         if now < window_end:
                             limit = min(limit, window_end - now)  # a window is open: wake at its end, unasked
                         # Written before _armed is read (arm_deferred does the reverse): a call armed meanwhile
@@ -513,7 +514,7 @@ class DeliveryPipeline:
                         limit = min(limit, until - now)
                     self._idle = True
                     if (self._self_fed or not self._incoming) and not self._notices:
-                        if self._self_fed and threading.current_thread() is not self._worker:
+                        if self._self_fed and not on_worker:
                             limit = min(limit, 0.05)  # inline: nobody else writes the spool
                         self._wake.wait(max(limit, 0.0))
                     self._idle = False

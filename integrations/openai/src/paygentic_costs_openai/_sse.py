@@ -79,17 +79,15 @@ def _event_bounds(block: bytes, at: int) -> tuple[int, int]:
     """The event of ``block`` (whole events) that holds ``block[at]``: from after the previous blank line to after
     the next one."""
     if b"\r" not in block:  # LF-separated (OpenAI's): one separator to look for
-        before, after = block.rfind(b"\n\n", 0, at), block.find(b"\n\n", at)
-        return (0 if before < 0 else before + 2), (len(block) if after < 0 else after + 2)
-    begin, end = 0, len(block)
-    for separator in _separators(block):
-        before = block.rfind(separator, 0, at)
-        if before >= 0 and before + len(separator) > begin:
-            begin = before + len(separator)
-        after = block.find(separator, at)
-        if after >= 0 and after + len(separator) < end:
-            end = after + len(separator)
-    return begin, end
+        return _bounds_by(block, at, b"\n\n")
+    bounds = [_bounds_by(block, at, separator) for separator in _SEPARATORS]
+    return max(begin for begin, _ in bounds), min(end for _, end in bounds)
+
+
+def _bounds_by(block: bytes, at: int, separator: bytes) -> tuple[int, int]:
+    """:func:`_event_bounds` for one kind of blank line (the whole block where there is none)."""
+    before, after = block.rfind(separator, 0, at), block.find(separator, at)
+    return (0 if before < 0 else before + len(separator)), (len(block) if after < 0 else after + len(separator))
 
 
 # ``raw_decode`` is ``json.loads`` without its two wrappers (encoding detection, the check for trailing data).
