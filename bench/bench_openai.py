@@ -57,7 +57,8 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, An
             "model": "gpt-4o-2024-08-06", "service_tier": "default", "system_fingerprint": "fp_50cad350e4",
             "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             "usage": usage}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    # Compact JSON, as the API writes its chunks (reference/fixtures/openai_chat_stream.sse).
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
 STREAM_HEAD = (_chunk({"role": "assistant", "content": ""})

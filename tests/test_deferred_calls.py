@@ -22,10 +22,11 @@ import paygentic_costs as pc
 from paygentic_costs import UnattributedCostError
 from paygentic_costs._runtime import get_runtime
 from paygentic_costs.export import InMemoryExporter
-from paygentic_costs.instrumentation import Instrumentor, Patch, Usage
+from paygentic_costs.instrumentation import Instrumentor, Patch, Reported, Usage
 from paygentic_costs.testing import capture, internal_errors
 
-RATES = {"llm": {"toy:toy-1": {"input_per_mtok": "1", "output_per_mtok": "2"}}}
+RATES = {"llm": {"toy:toy-1": {"input_per_mtok": "1", "output_per_mtok": "2"},
+                 "toy:toy-2": {"input_per_mtok": "10", "output_per_mtok": "20"}}}
 
 
 class Direct(Instrumentor):
@@ -230,6 +231,33 @@ def test_finish_from_reads_the_usage_when_pricing(direct: Direct) -> None:
     assert pc.flush(5)
     (event,) = exporter.events
     assert event.amount == Decimal(3) and event.data["request_id"] == "r1" and len(reads) == 1
+    assert pc.stats()["usage_missing"] == 1
+
+
+def test_a_reader_can_report_the_model_id_and_tier_with_the_usage(direct: Direct) -> None:
+    exporter = InMemoryExporter()
+    pc.configure(exporter=exporter, rates=RATES)
+
+    def read(raw: bytes) -> Reported | None:  # e.g. a stream's last event, kept as bytes until it is priced
+        prompt, completion, model, *request_id = raw.decode().split()
+        usage = Usage(input_tokens=int(prompt), output_tokens=int(completion))
+        return Reported(usage, model=model, request_id=request_id[0] if request_id else None)
+
+    with pc.customer("cus_1"):
+        for source in (b"1000000 1000000 toy-2 chunk-1", b"1000000 0 toy-2"):
+            call = direct.start_call("create", model="toy-1")
+            assert call is not None
+            call.finish_from(read, source, request_id="from-the-call")
+        empty = direct.start_call("create", model="toy-1")
+        assert empty is not None
+        empty.finish_from(lambda raw: Reported(None, model="toy-2"), b"")
+    assert pc.flush(5)
+    first, second = exporter.events
+    # The reported model prices the call (toy-2's rates, not the requested toy-1's) and names it; a reported id wins
+    # over the one given to finish_from, and where the reader left it None, the one given to finish_from is kept.
+    assert (first.amount, second.amount) == (Decimal(30), Decimal(10))
+    assert first.data["model"] == second.data["model"] == "toy-2"
+    assert (first.data["request_id"], second.data["request_id"]) == ("chunk-1", "from-the-call")
     assert pc.stats()["usage_missing"] == 1
 
 

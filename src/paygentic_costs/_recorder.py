@@ -31,7 +31,7 @@ from ._events import CostEvent, decimal_to_json
 from ._guard import log_once, public_logger, report_internal_error
 from .pricing import Price, Usage
 
-__all__ = ["CallHandle", "Recorder", "to_amount"]
+__all__ = ["CallHandle", "Recorder", "Reported", "to_amount"]
 
 _RESERVED = frozenset({"amount", "currency", "rate"})
 _DIMENSION_TYPES = (str, int, float, bool, Decimal, type(None))
@@ -98,12 +98,46 @@ def _new_key() -> str:
 
 # A finished provider call waiting to be priced: the arguments of ``Recorder._record_call``.
 _Deferred = tuple[
-    "CallHandle", Any, "Callable[[Any], Usage | None] | None", "str | None", "str | None", "str | None", bool,
-    "Mapping[str, Any] | None", "str | None", float,
+    "CallHandle", Any, "Callable[[Any], Usage | Reported | None] | None", "str | None", "str | None", "str | None",
+    bool, "Mapping[str, Any] | None", "str | None", float,
 ]
 
 
 @dataclass
+class Reported:
+    """What a usage reader (``CallHandle.finish_from``) found in the provider's response: the usage, and the keys of
+    its price when the response carries them.
+
+    A reader returns this instead of a bare ``Usage`` when the model, id or tier are in the same object as the usage
+    (a stream's last event, kept as bytes): the caller's thread then does not decode it at all. Each key left None
+    falls back to the one passed to ``finish_from``.
+
+    Attributes:
+        usage: The normalised usage, or None when the response carried none (counted ``usage_missing``).
+        model: The model the response reports (the served snapshot), or None.
+        request_id: The provider's id for the call, or None.
+        service_tier: The tier that served the call (selects tiered prices), or None.
+    """
+
+    __slots__ = ("model", "request_id", "service_tier", "usage")
+
+    def __init__(
+        self,
+        usage: Usage | None,
+        model: str | None = None,
+        request_id: str | None = None,
+        service_tier: str | None = None,
+    ) -> None:
+        self.usage = usage
+        self.model = model
+        self.request_id = request_id
+        self.service_tier = service_tier
+
+    def __repr__(self) -> str:
+        return (f"Reported(usage={self.usage!r}, model={self.model!r}, request_id={self.request_id!r}, "
+                f"service_tier={self.service_tier!r})")
+
+
 class _Counters:
     unattributed: int = 0
     unpriced: int = 0
@@ -380,7 +414,7 @@ class Recorder:
         self,
         call: CallHandle,
         usage: Any,
-        read: Callable[[Any], Usage | None] | None,
+        read: Callable[[Any], Usage | Reported | None] | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
@@ -430,7 +464,7 @@ class Recorder:
         self,
         call: CallHandle,
         usage: Any,
-        read: Callable[[Any], Usage | None] | None,
+        read: Callable[[Any], Usage | Reported | None] | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
@@ -441,8 +475,13 @@ class Recorder:
     ) -> None:
         if read is not None:
             usage = read(usage)
+            if type(usage) is Reported:
+                model, request_id, service_tier, usage = (
+                    usage.model or model, usage.request_id or request_id, usage.service_tier or service_tier,
+                    usage.usage,
+                )
             if usage is not None and not isinstance(usage, Usage):
-                raise TypeError(f"the usage reader returned {type(usage).__name__}, not a Usage")
+                raise TypeError(f"the usage reader returned {type(usage).__name__}, not a Usage or Reported")
             if usage is None or usage.is_empty:
                 self.missing_usage(call, None)
                 return
@@ -580,7 +619,7 @@ class CallHandle:
 
     def finish_from(
         self,
-        read: Callable[[Any], Usage | None],
+        read: Callable[[Any], Usage | Reported | None],
         source: Any,
         *,
         model: str | None = None,
@@ -593,15 +632,17 @@ class CallHandle:
         priced (at the latest on ``flush()``), so normalising the provider's usage costs the caller nothing.
 
         ``source`` must not change after the call: pass the provider's parsed usage object (never mutated by the
-        SDK), not something the caller reuses. ``read`` returning None or an empty ``Usage`` counts ``usage_missing``.
-        Never raises (a ``read`` that raises is reported as an internal error).
+        SDK), or bytes, not something the caller reuses. ``read`` may return a :class:`Reported` to supply the model,
+        request id and tier from the same source (each one it leaves None is the one passed here). ``read`` returning
+        None, or an empty or absent usage, counts ``usage_missing``. Never raises (a ``read`` that raises is reported
+        as an internal error).
         """
         self._settle(source, read, model, request_id, service_tier, batch, dimensions, None)
 
     def _settle(
         self,
         usage: Any,
-        read: Callable[[Any], Usage | None] | None,
+        read: Callable[[Any], Usage | Reported | None] | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,

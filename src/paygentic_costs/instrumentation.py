@@ -41,7 +41,7 @@ from packaging.version import InvalidVersion, Version
 from ._context import attribution_for_new_call, is_suppressed, suppressed
 from ._errors import IntegrationUnavailable
 from ._guard import guard, internal_logger, report_internal_error
-from ._recorder import CallHandle, check_event_type
+from ._recorder import CallHandle, Reported, check_event_type
 from .pricing import Usage
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "InstrumentationHandle",
     "Instrumentor",
     "Patch",
+    "Reported",
     "SyncStreamProxy",
     "Usage",
     "guard",

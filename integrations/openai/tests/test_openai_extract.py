@@ -15,7 +15,7 @@ from paygentic_costs_openai._extract import (
     reported_from_result,
     responses_usage,
 )
-from paygentic_costs_openai._sse import ChatStreamWatch
+from paygentic_costs_openai._sse import ChatStreamWatch, reported_from_event
 
 from paygentic_costs.instrumentation import Usage
 
@@ -95,9 +95,34 @@ def test_only_the_usage_chunk_is_usage_only() -> None:
     watch = ChatStreamWatch(SimpleNamespace(), "site", hide=True)  # type: ignore[arg-type]  # reading only
     watch.ended = True  # nothing is finished here
     assert [watch.read_usage(e) for e in events] == [None] * (len(events) - 1) + [True]
-    assert watch.scan(body) == body.replace(events[-1], b"") and watch.usage is not None
+    # OpenAI's compact usage-only event is kept as bytes, decoded when the call is priced (on the delivery worker).
+    assert watch.scan(body) == body.replace(events[-1], b"") and watch.usage == events[-1]
     expected = Usage(input_tokens=1117, output_tokens=9, cache_read_tokens=1024)
-    usage_json = json.loads(events[-1][6:])["usage"]
-    assert chat_usage(watch.usage) == chat_usage(usage_json) == expected  # the JSON the watcher reads
-    assert chat_usage(ChatCompletionChunk.model_validate(json.loads(events[-1][6:])).usage) == expected
+    chunk = json.loads(events[-1][6:])
+    reported = reported_from_event(events[-1])
+    assert reported is not None and reported.usage == chat_usage(chunk["usage"]) == expected
+    assert (reported.model, reported.request_id, reported.service_tier) == (
+        chunk["model"], chunk["id"], chunk.get("service_tier")
+    )
+    assert chat_usage(ChatCompletionChunk.model_validate(chunk).usage) == expected
     assert watch.read_usage(b'data: {"choices": [], "usage": null}\n\n') is None
+
+
+def test_a_usage_event_in_another_layout_is_decoded_at_once() -> None:
+    # JSON with spaces (another server's encoder) is not the byte pattern the deferred path looks for: it is decoded
+    # on the spot, as before, and still cut out and billed.
+    spaced = (
+        b'data: {"id": "c1", "model": "gpt-4o", "choices": [{"delta": {"content": "Hi"}, "finish_reason": null}]}\n\n'
+        b'data: {"id": "c1", "model": "gpt-4o", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+        b"\n\n"
+    )
+    watch = ChatStreamWatch(SimpleNamespace(), "site", hide=True)  # type: ignore[arg-type]  # reading only
+    watch.ended = True
+    assert watch.scan(spaced) == spaced.split(b"\n\n")[0] + b"\n\n"
+    assert watch.usage == {"prompt_tokens": 3, "completion_tokens": 1} and watch.model == "gpt-4o"
+
+
+def test_usage_bytes_that_do_not_decode_report_nothing() -> None:
+    assert reported_from_event(b'data: {"choices":[],"usage":{"prompt_tokens":\xff}}\n\n') is None
+    assert reported_from_event(b'data: {"choices":[],"usage":{"prompt_tokens":1,\n\n') is None
+    assert reported_from_event(b'data: {"choices":[],"usage":null}\n\n') is None

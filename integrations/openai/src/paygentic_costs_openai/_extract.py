@@ -17,7 +17,7 @@ from openai.types import CompletionUsage, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseUsage
 
-from paygentic_costs.instrumentation import Usage
+from paygentic_costs.instrumentation import Reported, Usage
 
 __all__ = [
     "Reported",
@@ -132,27 +132,6 @@ def embeddings_usage(response: CreateEmbeddingResponse) -> Usage | None:
     if usage is None:
         return None
     return Usage(input_tokens=_count(usage.prompt_tokens))
-
-
-class Reported:
-    """What a finished OpenAI call reported: the usage plus the keys that select its price.
-
-    Attributes:
-        usage: Normalised usage, or None when the response carried none.
-        model: The model the response reports (the served snapshot), or None.
-        request_id: The response id (``chatcmpl-…``, ``resp_…``), else the ``x-request-id`` header.
-        service_tier: The tier that actually served the call (``flex`` / ``priority`` select their prices).
-    """
-
-    __slots__ = ("model", "request_id", "service_tier", "usage")
-
-    def __init__(
-        self, usage: Usage | None, model: str | None, request_id: str | None, service_tier: str | None
-    ) -> None:
-        self.usage = usage
-        self.model = model
-        self.request_id = request_id
-        self.service_tier = service_tier
 
 
 def _str(value: Any) -> str | None:

@@ -6,9 +6,10 @@ first iterated, so an attribute set on the response right after ``request`` retu
 event — and passes on only whole events (an incomplete last event waits for the rest of its bytes, as it would in the
 SDK's decoder). In the bytes it passes on:
 
-* the usage event that ``stream_options.include_usage`` adds (``"choices": []``) is read — its JSON decoded once, by
-  us — and, when we added the option, cut out, so the SDK never decodes or parses it and the caller's chunks are
-  exactly the ones it would have got;
+* the usage event that ``stream_options.include_usage`` adds (``"choices": []``) is found and, when we added the
+  option, cut out, so the SDK never decodes or parses it and the caller's chunks are exactly the ones it would have
+  got; written as OpenAI writes it (compact JSON), it is kept as bytes and decoded once, when the call is priced on
+  the delivery worker (``finish_from`` with :func:`reported_from_event`), not on the caller's thread;
 * a usage on any other event (servers that report usage on content chunks) is read and passed through; such
   servers repeat running totals, so the last usage object read is the one billed (each read is searched from
   its end, and the search stops at the first usage object);
@@ -32,11 +33,11 @@ from typing import Any
 
 from openai import AsyncStream, Stream
 
-from paygentic_costs.instrumentation import CallHandle, guard
+from paygentic_costs.instrumentation import CallHandle, Reported, guard
 
 from ._extract import chat_usage
 
-__all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install"]
+__all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install", "reported_from_event"]
 
 WATCH_ATTRIBUTE = "_paygentic_costs_watch"
 # The seam this module relies on (the decoder reads ``self.response.iter_bytes()``; pinned by the tests on the
@@ -51,6 +52,10 @@ _GUARD = guard("openai.chat.stream")
 _TOKENS_KEY = b'_tokens"'
 # A choice's finish_reason set: a string (null on every other chunk); compact JSON (OpenAI's) or with spaces.
 _FINISHES = (b'"finish_reason":"', b'"finish_reason": "')
+# The usage-only event as OpenAI writes it (compact JSON): no choices, a usage object. Found in the bytes, it is kept
+# as bytes and decoded on the delivery worker; any other event with a *_tokens key is decoded here, at once.
+_NO_CHOICES = b'"choices":[]'
+_USAGE_OBJECT = b'"usage":{'
 _DONE = b"data: [DONE]"
 _DONE_TAIL = len(_DONE) + 8  # [DONE] is the last event: only its bytes and their separator can follow it
 # SSE ends an event with a blank line; lines end with CRLF, LF or CR. A separator that does not occur costs a full
@@ -107,6 +112,25 @@ def _event_json(event: bytes) -> Any:
     return json.loads(b"\n".join(lines).decode())
 
 
+def reported_from_event(event: bytes) -> Reported | None:
+    """The usage, model, id and tier of a usage-only event kept as bytes; run when the call is priced, off the
+    caller's thread. None (counted ``usage_missing``) when the bytes do not decode to a chunk with a usage object."""
+    try:
+        chunk = _event_json(event)
+    except ValueError:  # not JSON after all (UnicodeDecodeError is one too): nothing reported, nothing invented
+        return None
+    usage = chunk.get("usage") if type(chunk) is dict else None
+    if type(usage) is not dict:
+        return None
+    model, request_id, tier = chunk.get("model"), chunk.get("id"), chunk.get("service_tier")
+    return Reported(
+        chat_usage(usage),
+        model=model if isinstance(model, str) and model else None,
+        request_id=request_id if isinstance(request_id, str) and request_id else None,
+        service_tier=tier if isinstance(tier, str) and tier else None,
+    )
+
+
 class ChatStreamWatch:
     """What one chat stream reported, and its call. Finishes the call at most once, whichever path ends it."""
 
@@ -118,7 +142,8 @@ class ChatStreamWatch:
         self.ended = False  # finish() ran: the usage event, [DONE], the end of the body, close() and collection call it
         self.hide = hide  # the usage-only event is ours (we added include_usage): the SDK never sees it
         self.held = b""  # an incomplete last event, waiting for the rest of its bytes
-        self.usage: Mapping[str, Any] | None = None
+        # The last usage seen: its decoded object, or the bytes of a usage-only event (decoded when priced).
+        self.usage: Mapping[str, Any] | bytes | None = None
         self.model: str | None = None
         self.request_id: str | None = None
         self.service_tier: str | None = None
@@ -144,7 +169,12 @@ class ChatStreamWatch:
         usage_only = False
         while at >= 0:
             begin, end = _event_bounds(block, at)
-            found = self.read_usage(block[begin:end])
+            event = block[begin:end]
+            if _NO_CHOICES in event and _USAGE_OBJECT in event:
+                self.usage = event  # the usage-only event: decoded when the call is priced
+                found: bool | None = True
+            else:
+                found = self.read_usage(event)
             if found is not None:
                 usage_only = found
                 if found and self.hide:
@@ -190,14 +220,14 @@ class ChatStreamWatch:
         if self.ended:
             return
         self.ended = True
-        call = self.call
+        call, usage = self.call, self.usage
         try:
-            if self.usage is None:
+            if usage is None:
                 call.finish(None, call_site=self.call_site)
             else:
                 call.finish_from(
-                    chat_usage,
-                    self.usage,
+                    reported_from_event if type(usage) is bytes else chat_usage,
+                    usage,
                     model=self.model,
                     request_id=self.request_id or None,
                     service_tier=self.service_tier,
