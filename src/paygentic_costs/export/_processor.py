@@ -270,6 +270,9 @@ class DeliveryPipeline:
         self._stream_took = 0
         self._congestion_holdoff = 0.0  # monotonic; no second halving before the first one had an effect
         self._worker: threading.Thread | None = None
+        # True from a successful start until the worker's loop returns: what arm_deferred asks on callers' threads,
+        # where Thread.is_alive() (a lock probe) and os.getpid() (a system call) cost microseconds each, run cold.
+        self._worker_running = False
         self._deadline: float | None = None  # monotonic; set by shutdown()
         self._abandoned = False  # shutdown has counted what was left; the worker must not touch counters
         self._idle = False
@@ -343,14 +346,16 @@ class DeliveryPipeline:
         the commit), a forked child not yet re-initialised, or no worker thread.
         """
         try:
-            if self._closed or self._sync or self._pid != os.getpid():
+            # No pid check here, unlike submit(): a fork that returns to Python runs the fork hooks, whose
+            # _fork_reinit leaves a child with no worker (_worker None, _worker_running False) before it runs on.
+            if self._closed or self._sync:
                 return False
             if self._worker is None:
                 self._start_worker()
             self._armed = True
             if self._wake_on_arm:  # read after _armed is set: the worker writes the two the other way round
                 self._wake.set()
-            return self._worker_alive()
+            return self._worker_running
         except Exception as exc:
             report_internal_error(exc, "export.arm_deferred")
             return False
@@ -451,6 +456,7 @@ class DeliveryPipeline:
             start_store()
         try:
             worker.start()
+            self._worker_running = worker.is_alive()  # False if its loop already returned (shut down meanwhile)
         except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
             _throttle.log(
                 logger, logging.WARNING, "worker-start",
@@ -458,11 +464,14 @@ class DeliveryPipeline:
             )
 
     def _run(self) -> None:
-        with self._drive_lock:
-            try:
-                self._drive()
-            except BaseException as exc:  # the interpreter is going away; nothing sensible is left to do
-                report_internal_error(exc, "export.worker")
+        try:
+            with self._drive_lock:
+                try:
+                    self._drive()
+                except BaseException as exc:  # the interpreter is going away; nothing sensible is left to do
+                    report_internal_error(exc, "export.worker")
+        finally:
+            self._worker_running = False  # from now on, callers drain their deferred calls themselves
 
     def _worker_alive(self) -> bool:
         worker = self._worker

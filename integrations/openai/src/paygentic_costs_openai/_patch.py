@@ -73,24 +73,21 @@ _user_depth = 0
 
 def _call_site(operation: str, what: str) -> str:
     global _user_depth
-    frame = _at_known_depth(_user_depth)
+    frame = None
+    if _user_depth:  # is the user's frame where the last walk found it, below it one of ours or the SDK's?
+        try:
+            below = sys._getframe(_user_depth)  # from here: +1 for this frame, -1 for the frame below the user's
+        except ValueError:  # a shallower stack
+            below = None
+        if below is not None and below.f_code in _OWN_CODES:
+            frame = below.f_back
+            if frame is not None and frame.f_code not in _USER_CODES:
+                frame = None
     if frame is None:
         frame, _user_depth = _walk_to_user(sys._getframe(1))
     if frame is None:
         return f"openai {operation} {what}"
     return f"openai {operation} {what} at {frame.f_code.co_filename}:{frame.f_lineno}"
-
-
-def _at_known_depth(depth: int) -> types.FrameType | None:
-    """The user's frame, if it is where the last walk found it, below it one of ours or the SDK's."""
-    if not depth:
-        return None
-    try:
-        below = sys._getframe(depth + 1)  # from here: +1 for this frame, -1 for the frame below the user's
-    except ValueError:  # a shallower stack
-        return None
-    frame = below.f_back if below.f_code in _OWN_CODES else None
-    return frame if frame is not None and frame.f_code in _USER_CODES else None
 
 
 def _walk_to_user(frame: types.FrameType | None) -> tuple[types.FrameType | None, int]:
@@ -172,8 +169,18 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         return  # not a shape we understand: send exactly what the caller built
     if stream_options is not None and stream_options.get("include_usage") is True:
         return  # the caller asked for usage and sees the usage chunk as usual
-    extended = copy.copy(options)  # never mutate the SDK's options: its retry loop copies them per attempt
-    extended.json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
+    # Never mutate the caller's options (another thread may share them): a shallow copy, as copy.copy makes it
+    # (pydantic's __copy__), without copy.copy's dispatch in front of it.
+    copier = getattr(type(options), "__copy__", None)
+    extended = copier(options) if copier is not None else copy.copy(options)
+    json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
+    fields = getattr(extended, "__dict__", None)
+    if fields is not None and "json_data" in fields:
+        # A plain field, already set (the body came from it): pydantic's __setattr__ would only add it to the set
+        # fields again, through three Python calls.
+        fields["json_data"] = json_data
+    else:
+        extended.json_data = json_data
     if len(prepared.args) > 1:
         prepared.args = (prepared.args[0], extended, *prepared.args[2:])
     else:

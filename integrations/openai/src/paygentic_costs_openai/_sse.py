@@ -301,25 +301,19 @@ async def _watch_async(watch: ChatStreamWatch, reads: AsyncIterator[bytes]) -> A
 
 
 def install(stream: Any, call: CallHandle, call_site: str, *, hide: bool, is_async: bool) -> bool:
-    """Put the watcher between ``stream``'s body and its SSE decoder; False when this stream has no such seam."""
+    """Put the watcher between ``stream``'s body and its SSE decoder; False when this stream has no such seam.
+
+    The replacement ``iter_bytes`` (async: ``aiter_bytes``) lives on the response, so it holds the response weakly:
+    closing over the bound method would make a cycle (response, replacement, method, response) that only the cyclic
+    GC frees: about 40 objects per stream left for it, and a dropped stream's watch finalised at the next collection
+    instead of at once.
+    """
     response = getattr(stream, "response", None)
     name = "aiter_bytes" if is_async else "iter_bytes"
-    original = getattr(response, name, None)
-    if original is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
+    method = getattr(response, name, None)
+    if method is None or getattr(stream, WATCH_ATTRIBUTE, None) is not None:
         return False
     watch = ChatStreamWatch(call, call_site, hide)
-    setattr(response, name, _watched_reads(response, original, watch, is_async))
-    setattr(stream, WATCH_ATTRIBUTE, watch)
-    return True
-
-
-def _watched_reads(response: Any, method: Any, watch: ChatStreamWatch, is_async: bool) -> Any:
-    """The replacement for ``response.iter_bytes`` (``method``; async: ``aiter_bytes``): its reads, through ``watch``.
-
-    The replacement lives on the response, so it holds the response weakly: closing over the bound method would make
-    a cycle (response, replacement, method, response) that only the cyclic GC frees: about 40 objects per stream left
-    for it, and a dropped stream's watch finalised at the next collection instead of at once.
-    """
     function: Any = getattr(method, "__func__", None)
     own = function is not None and getattr(method, "__self__", None) is response
     target: Any = weakref.ref(response) if own else None
@@ -329,4 +323,6 @@ def _watched_reads(response: Any, method: Any, watch: ChatStreamWatch, is_async:
         body = function(target(), *args, **kwargs) if target is not None else other(*args, **kwargs)
         return _watch_async(watch, body.__aiter__()) if is_async else _watch_sync(watch, iter(body))
 
-    return reads
+    setattr(response, name, reads)
+    setattr(stream, WATCH_ATTRIBUTE, watch)
+    return True
