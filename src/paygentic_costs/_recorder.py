@@ -103,7 +103,6 @@ _Deferred = tuple[
 ]
 
 
-@dataclass
 class Reported:
     """What a usage reader (``CallHandle.finish_from``) found in the provider's response: the usage, and the keys of
     its price when the response carries them.
@@ -138,6 +137,7 @@ class Reported:
                 f"service_tier={self.service_tier!r})")
 
 
+@dataclass
 class _Counters:
     unattributed: int = 0
     unpriced: int = 0

@@ -343,7 +343,7 @@ class DeliveryPipeline:
         """A deferred call is waiting: drain the feeder within ``_DEFER_LINGER``. Called once per linger window.
 
         Returns False when the caller must drain it itself: shut down, ``durability="sync"`` (the caller waits for
-        the commit), a forked child not yet re-initialised, or no worker thread.
+        the commit), or no worker thread (it could not start, or its loop has returned).
         """
         try:
             # No pid check here, unlike submit(): a fork that returns to Python runs the fork hooks, whose
@@ -454,10 +454,11 @@ class DeliveryPipeline:
         start_store = getattr(self._store, "start", None)
         if start_store is not None:
             start_store()
+        self._worker_running = True  # before start(): from then on only the worker's own exit clears it
         try:
             worker.start()
-            self._worker_running = worker.is_alive()  # False if its loop already returned (shut down meanwhile)
-        except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
+        except RuntimeError as exc:
+            self._worker_running = False  # e.g. "can't create new thread at interpreter shutdown"
             _throttle.log(
                 logger, logging.WARNING, "worker-start",
                 "cannot start the delivery thread (%s); events are delivered by flush() and shutdown()", exc,
