@@ -103,6 +103,7 @@ _Deferred = tuple[
 ]
 
 
+@dataclass(slots=True)
 class Reported:
     """What a usage reader (``CallHandle.finish_from``) found in the provider's response: the usage, and the keys of
     its price when the response carries them.
@@ -118,23 +119,10 @@ class Reported:
         service_tier: The tier that served the call (selects tiered prices), or None.
     """
 
-    __slots__ = ("model", "request_id", "service_tier", "usage")
-
-    def __init__(
-        self,
-        usage: Usage | None,
-        model: str | None = None,
-        request_id: str | None = None,
-        service_tier: str | None = None,
-    ) -> None:
-        self.usage = usage
-        self.model = model
-        self.request_id = request_id
-        self.service_tier = service_tier
-
-    def __repr__(self) -> str:
-        return (f"Reported(usage={self.usage!r}, model={self.model!r}, request_id={self.request_id!r}, "
-                f"service_tier={self.service_tier!r})")
+    usage: Usage | None
+    model: str | None = None
+    request_id: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass

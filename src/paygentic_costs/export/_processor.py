@@ -270,8 +270,8 @@ class DeliveryPipeline:
         self._stream_took = 0
         self._congestion_holdoff = 0.0  # monotonic; no second halving before the first one had an effect
         self._worker: threading.Thread | None = None
-        # True from a successful start until the worker's loop returns: what arm_deferred asks on callers' threads,
-        # where Thread.is_alive() (a lock probe) and os.getpid() (a system call) cost microseconds each, run cold.
+        # True from a successful start until the worker's loop returns (is_alive() without its lock probe, which
+        # costs microseconds on callers' threads, run cold: arm_deferred asks it once per window).
         self._worker_running = False
         self._deadline: float | None = None  # monotonic; set by shutdown()
         self._abandoned = False  # shutdown has counted what was left; the worker must not touch counters
@@ -473,10 +473,6 @@ class DeliveryPipeline:
                     report_internal_error(exc, "export.worker")
         finally:
             self._worker_running = False  # from now on, callers drain their deferred calls themselves
-
-    def _worker_alive(self) -> bool:
-        worker = self._worker
-        return worker is not None and worker.is_alive()
 
     # ------------------------------------------------------------------ the delivery loop
 
@@ -941,7 +937,7 @@ class DeliveryPipeline:
         if self._self_fed:
             store: Any = self._store
             store.nudge(urgent=True)  # commit now rather than at the end of the group-commit window
-        if self._worker_alive():
+        if self._worker_running:
             self._wake.set()
         else:
             self._drive_inline(lambda: self._done_locked(target), deadline)

@@ -20,10 +20,10 @@ from openai.types.responses import Response, ResponseUsage
 from paygentic_costs.instrumentation import Reported, Usage
 
 __all__ = [
-    "Reported",
     "chat_usage",
     "detail",
     "embeddings_usage",
+    "reported_from_chunk",
     "reported_from_result",
     "responses_usage",
 ]
@@ -158,3 +158,18 @@ def reported_from_result(operation: str, result: object) -> Reported | None:
         # Embedding responses have no id: the SDK's documented ``_request_id`` (x-request-id header) stands in.
         return Reported(embeddings_usage(result), _str(result.model), _str(getattr(result, "_request_id", None)), None)
     return None
+
+
+def reported_from_chunk(chunk: Any) -> Reported | None:
+    """Read usage, model, id and tier from a chat stream chunk decoded from JSON (the usage event's).
+
+    Args:
+        chunk: The decoded ``data:`` of one event.
+
+    Returns:
+        The report, or None when the chunk is not an object with a ``usage`` object.
+    """
+    usage = chunk.get("usage") if type(chunk) is dict else None
+    if type(usage) is not dict:  # JSON objects decode to dicts
+        return None
+    return Reported(chat_usage(usage), _str(chunk.get("model")), _str(chunk.get("id")), _str(chunk.get("service_tier")))

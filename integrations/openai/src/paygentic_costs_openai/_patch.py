@@ -169,10 +169,7 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         return  # not a shape we understand: send exactly what the caller built
     if stream_options is not None and stream_options.get("include_usage") is True:
         return  # the caller asked for usage and sees the usage chunk as usual
-    # Never mutate the caller's options (another thread may share them): a shallow copy, as copy.copy makes it
-    # (pydantic's __copy__), without copy.copy's dispatch in front of it.
-    copier = getattr(type(options), "__copy__", None)
-    extended = copier(options) if copier is not None else copy.copy(options)
+    extended = copy.copy(options)  # never mutate the caller's options: another thread may share them
     json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
     fields = getattr(extended, "__dict__", None)
     if fields is not None and "json_data" in fields:

@@ -35,7 +35,7 @@ from openai import AsyncStream, Stream
 
 from paygentic_costs.instrumentation import CallHandle, Reported, guard
 
-from ._extract import chat_usage
+from ._extract import chat_usage, reported_from_chunk
 
 __all__ = ["HAS_SSE_SEAM", "WATCH_ATTRIBUTE", "ChatStreamWatch", "install", "reported_from_event"]
 
@@ -119,16 +119,7 @@ def reported_from_event(event: bytes) -> Reported | None:
         chunk = _event_json(event)
     except ValueError:  # not JSON after all (UnicodeDecodeError is one too): nothing reported, nothing invented
         return None
-    usage = chunk.get("usage") if type(chunk) is dict else None
-    if type(usage) is not dict:
-        return None
-    model, request_id, tier = chunk.get("model"), chunk.get("id"), chunk.get("service_tier")
-    return Reported(
-        chat_usage(usage),
-        model=model if isinstance(model, str) and model else None,
-        request_id=request_id if isinstance(request_id, str) and request_id else None,
-        service_tier=tier if isinstance(tier, str) and tier else None,
-    )
+    return reported_from_chunk(chunk)
 
 
 class ChatStreamWatch:
