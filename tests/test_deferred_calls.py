@@ -71,9 +71,10 @@ def test_the_worker_delivers_a_finished_call_without_flush(direct: Direct) -> No
 
 def test_calls_after_a_drain_and_after_a_quiet_spell_are_delivered_without_flush(direct: Direct) -> None:
     # Within a window (one linger after a drain) the worker wakes at the window's end by itself and arming does not
-    # wake it; outside one it may sleep long, and arming must wake it. Each call here lands in one of those states;
-    # a missed wake would leave it waiting for the worker's idle timeout.
-    from paygentic_costs.export._processor import _IDLE_WAIT
+    # wake it; for a grace after the last drain it keeps waking every linger by itself; after that it may sleep long,
+    # and arming must wake it. Each call here lands in one of those states; a missed wake would leave it waiting for
+    # the worker's idle timeout.
+    from paygentic_costs.export._processor import _DEFER_GRACE, _IDLE_WAIT
 
     exporter = InMemoryExporter()
     pc.configure(exporter=exporter, rates=RATES)
@@ -89,10 +90,13 @@ def test_calls_after_a_drain_and_after_a_quiet_spell_are_delivered_without_flush
         assert delivered_soon(1)
         _finish(direct, 10, "r2")  # r1's drain opened a window: nobody wakes the worker
         assert delivered_soon(2)
-        time.sleep(0.3)  # the windows have closed: the worker is back in its long sleep
+        time.sleep(0.3)  # the windows have closed, the grace has not: the worker wakes every linger by itself
         _finish(direct, 10, "r3")
         assert delivered_soon(3)
-    assert [event.data["request_id"] for event in exporter.events] == ["r1", "r2", "r3"]
+        time.sleep(_DEFER_GRACE + 0.3)  # the grace is over: the worker is back in its long sleep
+        _finish(direct, 10, "r4")
+        assert delivered_soon(4)
+    assert [event.data["request_id"] for event in exporter.events] == ["r1", "r2", "r3", "r4"]
 
 
 def test_stats_and_flush_see_every_call_and_keys_follow_the_finish_order(direct: Direct) -> None:

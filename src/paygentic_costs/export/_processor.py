@@ -48,6 +48,11 @@ _PRESSURE_WAIT = 0.5  # the longest a recording thread waits for a commit that i
 # keeps the worker off the caller's GIL). A call deferred while no window is open wakes the worker, which drains it
 # at once and opens one.
 _DEFER_LINGER = 0.05
+# After a drain the worker keeps waking every linger by itself for this long before it sleeps until a call wakes it:
+# traffic with gaps of less than this between calls (one empty window is enough) then never wakes it from a caller's
+# thread, where the woken worker would take the GIL in the middle of that caller's next work. Idle, it costs at most
+# twenty empty turns of the loop after the last call.
+_DEFER_GRACE = 1.0
 
 
 class _Wake:
@@ -509,9 +514,12 @@ class DeliveryPipeline:
                     if on_worker:
                         if now < window_end:
                             limit = min(limit, window_end - now)  # a window is open: wake at its end, unasked
+                        grace_end = self._last_drain + _DEFER_GRACE
+                        if now < grace_end:
+                            limit = min(limit, _DEFER_LINGER)  # no window, still in the grace: the next tick drains
                         # Written before _armed is read (arm_deferred does the reverse): a call armed meanwhile
                         # either is seen here or sees that it must wake us.
-                        self._wake_on_arm = now >= window_end
+                        self._wake_on_arm = now >= grace_end
                     if self._armed:
                         limit = min(limit, window_end - now)
                     if stopping is not None:
