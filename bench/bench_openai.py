@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS = ("control", "paygentic", "otel")
+REFERENCE_BARE_US = {False: 872, True: 5944}  # bench-notes: the bare call and the bare 58-chunk stream there
 STREAM_CONTENT_CHUNKS = 56  # + the role chunk + the finish chunk = 58 chunks, + usage chunk (when asked) + [DONE]
 RATES = '[llm."openai:gpt-4o"]\ninput_per_mtok = "2.50"\ncache_read_per_mtok = "1.25"\noutput_per_mtok = "10.00"\n'
 
@@ -305,6 +306,14 @@ def main() -> None:
         if otel > 0:
             print(f"\n{label}: paygentic-costs adds {ours / otel:.2f}x what openai-v2 adds", end="")
     print()
+    # The targets are µs on bench-notes' machines. Scaled round by round (each round's added time over the bare call
+    # measured with it), so the machine's drift between rounds cancels, as in a paired ratio.
+    for stream, label in ((False, "non-stream"), (True, "stream")):
+        reference = REFERENCE_BARE_US[stream]
+        scaled = {config: statistics.median(r["diff_ns"] / r["bare_ns"] * reference for r in results[(config, stream)])
+                  for config in CONFIGS}
+        print(f"{label} at bench-notes' speed ({reference:,} µs bare, each round scaled by its own bare call): "
+              + ", ".join(f"{config} {value:+.1f} µs" for config, value in scaled.items()))
     per_round = {key: [round(r["diff_ns"] / 1000) for r in rows] for key, rows in results.items()}
     print("\nper-round added µs: " + "; ".join(
         f"{config} {'stream' if stream else 'non-stream'} {values}" for (config, stream), values in per_round.items()))
