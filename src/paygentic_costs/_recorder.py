@@ -98,7 +98,7 @@ def _new_key() -> str:
 
 # A finished provider call waiting to be priced: the arguments of ``Recorder._record_call``.
 _Deferred = tuple[
-    "CallHandle", Any, "Callable[[Any], Usage | Reported | None] | None", "str | None", "str | None", "str | None",
+    "CallHandle", Any, "UsageReader | None", "str | None", "str | None", "str | None",
     bool, "Mapping[str, Any] | None", "str | None", float,
 ]
 
@@ -123,6 +123,10 @@ class Reported:
     model: str | None = None
     request_id: str | None = None
     service_tier: str | None = None
+
+
+# What CallHandle.finish_from is given: turns the provider's usage object into a Usage (or a Reported).
+UsageReader = Callable[[Any], "Usage | Reported | None"]
 
 
 @dataclass
@@ -402,7 +406,7 @@ class Recorder:
         self,
         call: CallHandle,
         usage: Any,
-        read: Callable[[Any], Usage | Reported | None] | None,
+        read: UsageReader | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
@@ -452,7 +456,7 @@ class Recorder:
         self,
         call: CallHandle,
         usage: Any,
-        read: Callable[[Any], Usage | Reported | None] | None,
+        read: UsageReader | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,
@@ -607,7 +611,7 @@ class CallHandle:
 
     def finish_from(
         self,
-        read: Callable[[Any], Usage | Reported | None],
+        read: UsageReader,
         source: Any,
         *,
         model: str | None = None,
@@ -630,7 +634,7 @@ class CallHandle:
     def _settle(
         self,
         usage: Any,
-        read: Callable[[Any], Usage | Reported | None] | None,
+        read: UsageReader | None,
         model: str | None,
         request_id: str | None,
         service_tier: str | None,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paygentic_costs.instrumentation import Usage
+from paygentic_costs.instrumentation import Reported, Usage
 
-__all__ = ["MessageInfo", "StreamAccumulator", "message_info", "normalise", "service_tier_of"]
+__all__ = ["MessageInfo", "StreamAccumulator", "message_info", "normalise", "reported_from_usage", "service_tier_of"]
 
 # Fields a message_delta may carry as cumulative totals; each overwrites the value from message_start.
 _DELTA_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
@@ -83,6 +83,11 @@ def normalise(usage: object) -> Usage | None:
 def service_tier_of(usage: object) -> str | None:
     """The tier that served the request (``standard``, ``priority``, ``batch``), as reported in ``usage``."""
     return _str(usage, "service_tier")
+
+
+def reported_from_usage(usage: object) -> Reported:
+    """A message's usage object -> its normalised usage and tier; run off the caller's thread (``finish_from``)."""
+    return Reported(normalise(usage), service_tier=service_tier_of(usage))
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ import anthropic
 
 from paygentic_costs.instrumentation import CallHandle, Instrumentor, Patch, guard
 
-from ._extract import message_info
-from ._stream import AsyncRawResponseProxy, SyncRawResponseProxy, finish_message, finish_raw_now, wrap_stream
+from ._stream import AsyncRawResponseProxy, SyncRawResponseProxy, finish_parsed_message, finish_raw_now, wrap_stream
 
 __all__ = ["OPERATION", "patches"]
 
@@ -61,7 +60,7 @@ def _observe(call: CallHandle, result: Any, site: str, *, is_async: bool) -> Any
             return result
         proxy_type = AsyncRawResponseProxy if is_async else SyncRawResponseProxy
         return proxy_type(result, call, site)
-    finish_message(call, message_info(result), site)
+    finish_parsed_message(call, result, site)
     return result
 
 

@@ -15,15 +15,35 @@ import wrapt
 
 from paygentic_costs.instrumentation import AsyncStreamProxy, CallHandle, SyncStreamProxy, guard
 
-from ._extract import MessageInfo, StreamAccumulator, message_info
+from ._extract import MessageInfo, StreamAccumulator, message_info, reported_from_usage
 
-__all__ = ["AsyncRawResponseProxy", "SyncRawResponseProxy", "finish_message", "finish_raw_now", "wrap_stream"]
+__all__ = [
+    "AsyncRawResponseProxy", "SyncRawResponseProxy", "finish_message", "finish_parsed_message", "finish_raw_now",
+    "wrap_stream",
+]
 
 
 def finish_message(call: CallHandle, info: MessageInfo, call_site: str) -> None:
     """Hand one message's usage to the core (which prices, attributes and emits it)."""
     call.finish(info.usage, model=info.model, request_id=info.request_id, service_tier=info.service_tier,
                 call_site=call_site)
+
+
+def finish_parsed_message(call: CallHandle, message: Any, call_site: str) -> None:
+    """:func:`finish_message` for a message the SDK parsed: its usage object is normalised off the caller's thread
+    (the SDK never mutates it); only the model and id are read here. No usage object: ``usage_missing`` now, naming
+    the call site."""
+    usage = getattr(message, "usage", None)
+    if usage is None or isinstance(message, Mapping):
+        finish_message(call, message_info(message), call_site)
+        return
+    model, request_id = getattr(message, "model", None), getattr(message, "id", None)
+    call.finish_from(
+        reported_from_usage,
+        usage,
+        model=model if type(model) is str and model else None,
+        request_id=request_id if type(request_id) is str and request_id else None,
+    )
 
 
 def wrap_stream(call: CallHandle, stream: Any, call_site: str, *, is_async: bool) -> Any:
@@ -111,7 +131,7 @@ class _RawResponseMixin:
                 self._self_stream = current
             return current
         with guard("anthropic.raw_response"):
-            finish_message(self._self_call, message_info(parsed), self._self_site)
+            finish_parsed_message(self._self_call, parsed, self._self_site)
         return parsed
 
     def _self_settle(self) -> None:
