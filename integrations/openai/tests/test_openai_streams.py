@@ -46,6 +46,87 @@ def test_injected_include_usage_is_invisible(costs: Capture, client: Any, fake: 
     assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
 
 
+class _OptionsCopies:
+    """Counts ``copy.copy`` calls on a ``FinalRequestOptions`` made in this thread while it is entered (a profile
+    hook: the SDK's and ours alike)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> _OptionsCopies:
+        import copy
+
+        from openai._models import FinalRequestOptions
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code is copy.copy.__code__:
+                self.count += isinstance(frame.f_locals.get("x"), FinalRequestOptions)
+
+        sys.setprofile(profile)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+
+
+def test_the_sdks_own_options_are_extended_in_place_and_a_callers_are_copied(
+    costs: Capture, client: Any, fake: Any
+) -> None:
+    # The SDK's post() builds the options of one call and keeps them nowhere else, so adding include_usage to them
+    # costs no copy; options a caller passes to client.request() itself may be shared, so they are never touched.
+    import openai
+    from openai._models import FinalRequestOptions
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    def through_create() -> None:
+        _chunks(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+
+    options = FinalRequestOptions.construct(
+        method="post", url="/chat/completions", json_data={"model": "gpt-4o", "messages": MESSAGES, "stream": True})
+    direct: list[dict[str, Any]] = []
+
+    def through_request() -> None:
+        stream = client.request(ChatCompletion, options, stream=True, stream_cls=openai.Stream[ChatCompletionChunk])
+        direct.extend(_chunks(stream))
+
+    def copies(run: Callable[[], None]) -> int:
+        with _OptionsCopies() as counted:
+            run()
+        return counted.count
+
+    pc.uninstrument("openai")
+    bare = copies(through_create), copies(through_request)
+    direct.clear()
+    pc.instrument("openai")
+    with pc.job("j", customer="cus_1"):
+        seen = copies(through_create), copies(through_request)
+    assert seen[0] == bare[0]  # the SDK's own options: extended in place
+    assert seen[1] == bare[1] + 1  # the caller's: copied...
+    assert options.json_data == {"model": "gpt-4o", "messages": MESSAGES, "stream": True}  # ...and left as they were
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert direct and all(chunk["choices"] for chunk in direct)  # the usage-only chunk stays hidden either way
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT, CHAT_AMOUNT]
+
+
+async def test_the_sdks_own_options_are_extended_in_place_async(
+    costs: Capture, async_client: Any, fake: Any
+) -> None:
+    async def copies() -> int:
+        with _OptionsCopies() as counted:  # the event loop runs the call in this thread
+            async for _ in await async_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
+                pass
+        return counted.count
+
+    pc.uninstrument("openai")
+    bare = await copies()
+    pc.instrument("openai")
+    with pc.job("j", customer="cus_1"):
+        seen = await copies()
+    assert seen == bare
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert [e.amount for e in costs.events] == [CHAT_AMOUNT]
+
+
 async def test_injected_include_usage_is_invisible_async(costs: Capture, async_client: Any, fake: Any) -> None:
     pc.uninstrument("openai")
     bare = [c.model_dump() async for c in await async_client.chat.completions.create(

@@ -24,7 +24,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from openai import AsyncStream, Stream
+from openai import AsyncStream, Stream, _base_client
+from openai._base_client import AsyncAPIClient, SyncAPIClient
 from openai._legacy_response import LegacyAPIResponse
 from openai._response import BaseAPIResponse
 from openai.types.chat import ChatCompletion
@@ -169,7 +170,14 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         return  # not a shape we understand: send exactly what the caller built
     if stream_options is not None and stream_options.get("include_usage") is True:
         return  # the caller asked for usage and sees the usage chunk as usual
-    extended = copy.copy(options)  # never mutate the caller's options: another thread may share them
+    # The SDK's own post() builds the options for this one call and keeps them nowhere else: they are extended in
+    # place. Options from anyone else (client.request(...) called directly) may be shared with another thread, so
+    # they are copied and the caller's stay as they were.
+    try:  # frames: 0 this one, 1 _prepare, 2 our wrapper, 3 the core's patched function, 4 request's caller
+        own = sys._getframe(4).f_code in _SDK_POST_CODES
+    except ValueError:  # a shallower stack: not the SDK's post
+        own = False
+    extended = options if own else copy.copy(options)
     json_data = {**body, "stream_options": {**(stream_options or {}), "include_usage": True}}
     fields = getattr(extended, "__dict__", None)
     if fields is not None and "json_data" in fields:
@@ -178,11 +186,27 @@ def _ask_for_usage(prepared: _Prepared, options: Any, body: Mapping[str, Any]) -
         fields["json_data"] = json_data
     else:
         extended.json_data = json_data
-    if len(prepared.args) > 1:
-        prepared.args = (prepared.args[0], extended, *prepared.args[2:])
-    else:
-        prepared.kwargs = {**prepared.kwargs, "options": extended}
+    if not own:
+        if len(prepared.args) > 1:
+            prepared.args = (prepared.args[0], extended, *prepared.args[2:])
+        else:
+            prepared.kwargs = {**prepared.kwargs, "options": extended}
     prepared.hide_usage_chunk = True
+
+
+def _sdk_post_codes() -> frozenset[Any]:
+    """The code of the SDK's ``SyncAPIClient.post`` and ``AsyncAPIClient.post`` (each builds a ``FinalRequestOptions``
+    for one call and passes it straight to ``request``); none when ``post`` is not the SDK's own function."""
+    codes = set()
+    for owner in (SyncAPIClient, AsyncAPIClient):
+        code = getattr(inspect.unwrap(owner.__dict__["post"]), "__code__", None)
+        if code is not None and code.co_filename == _base_client.__file__:
+            codes.add(code)
+    return frozenset(codes)
+
+
+_SDK_POST_CODES = _sdk_post_codes()
+
 
 
 class _Pending:
