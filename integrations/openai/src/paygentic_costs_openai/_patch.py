@@ -208,7 +208,6 @@ def _sdk_post_codes() -> frozenset[Any]:
 _SDK_POST_CODES = _sdk_post_codes()
 
 
-
 class _Pending:
     """A raw response whose usage arrives only when the caller parses it."""
 
