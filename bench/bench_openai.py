@@ -310,10 +310,11 @@ def main() -> None:
     # measured with it), so the machine's drift between rounds cancels, as in a paired ratio.
     for stream, label in ((False, "non-stream"), (True, "stream")):
         reference = REFERENCE_BARE_US[stream]
-        scaled = {config: statistics.median(r["diff_ns"] / r["bare_ns"] * reference for r in results[(config, stream)])
+        rounds = {config: [r["diff_ns"] / r["bare_ns"] * reference for r in results[(config, stream)]]
                   for config in CONFIGS}
         print(f"{label} at bench-notes' speed ({reference:,} µs bare, each round scaled by its own bare call): "
-              + ", ".join(f"{config} {value:+.1f} µs" for config, value in scaled.items()))
+              + ", ".join(f"{config} {statistics.median(values):+.1f} µs" for config, values in rounds.items())
+              + f"; paygentic per round {[round(value) for value in rounds['paygentic']]}")
     per_round = {key: [round(r["diff_ns"] / 1000) for r in rows] for key, rows in results.items()}
     print("\nper-round added µs: " + "; ".join(
         f"{config} {'stream' if stream else 'non-stream'} {values}" for (config, stream), values in per_round.items()))
