@@ -512,10 +512,10 @@ class DeliveryPipeline:
                     limit = min(wait, _IDLE_WAIT)
                     window_end = self._last_drain + _DEFER_LINGER  # armed calls are drained then
                     if on_worker:
+                        grace_end = self._last_drain + _DEFER_GRACE
                         if now < window_end:
                             limit = min(limit, window_end - now)  # a window is open: wake at its end, unasked
-                        grace_end = self._last_drain + _DEFER_GRACE
-                        if now < grace_end:
+                        elif now < grace_end:
                             limit = min(limit, _DEFER_LINGER)  # no window, still in the grace: the next tick drains
                         # Written before _armed is read (arm_deferred does the reverse): a call armed meanwhile
                         # either is seen here or sees that it must wake us.

@@ -34,7 +34,7 @@ def finish_parsed_message(call: CallHandle, message: Any, call_site: str) -> Non
     (the SDK never mutates it); only the model and id are read here. No usage object: ``usage_missing`` now, naming
     the call site."""
     usage = getattr(message, "usage", None)
-    if usage is None or isinstance(message, Mapping):
+    if usage is None:  # also decoded JSON (a dict has no such attribute): read at once, as before
         finish_message(call, message_info(message), call_site)
         return
     model, request_id = getattr(message, "model", None), getattr(message, "id", None)

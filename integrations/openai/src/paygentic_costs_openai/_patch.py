@@ -199,7 +199,8 @@ def _sdk_post_codes() -> frozenset[Any]:
     for one call and passes it straight to ``request``); none when ``post`` is not the SDK's own function."""
     codes = set()
     for owner in (SyncAPIClient, AsyncAPIClient):
-        code = getattr(inspect.unwrap(owner.__dict__["post"]), "__code__", None)
+        post = getattr(owner, "post", None)  # not the class dict: a refactor moving it to a base must not fail import
+        code = getattr(inspect.unwrap(post), "__code__", None) if post is not None else None
         if code is not None and code.co_filename == _base_client.__file__:
             codes.add(code)
     return frozenset(codes)
